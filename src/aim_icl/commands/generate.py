@@ -1,0 +1,36 @@
+"""Answer one image + prompt with demonstrations, in any of the four modes, and print the answer."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from aim_icl.core.aim import AIM, MODES
+from aim_icl.core.demo import Demo
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model directory or hub id (loaded with transformers)")
+    parser.add_argument("--projector", help="projector directory written by save_projector / aim-icl train")
+    parser.add_argument("--image", required=True, help="query image file")
+    parser.add_argument("--prompt", required=True, help="query text, e.g. 'Question: what is it? Answer:'")
+    parser.add_argument(
+        "--demo", nargs=2, action="append", default=[], metavar=("IMAGE", "TEXT"), help="a demonstration (repeatable)"
+    )
+    parser.add_argument("--mode", choices=MODES, default="aim")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+
+
+def run(args: argparse.Namespace) -> int:
+    aim = AIM.from_pretrained(args.model, projector=args.projector)
+    aim.model.to(args.device)
+    aim.projector.to(args.device)
+    demos = [Demo(image, text) for image, text in args.demo]
+    if args.mode == "aim" and args.projector is None and demos:
+        logger.warning("no --projector: fitting the copy map on the given demos (AIM then ≈ text-only demos)")
+        aim.fit_projector(demos)
+    print(aim.generate(args.image, args.prompt, demos=demos, mode=args.mode, max_new_tokens=args.max_new_tokens))
+    return 0

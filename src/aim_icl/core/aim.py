@@ -1,0 +1,269 @@
+"""AIM: fused virtual tokens replace whole image-text demonstrations in the prompt of a frozen MLLM."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from aim_icl.core.backbone import Backbone, resolve_backbone
+from aim_icl.core.demo import Demo, DemoStates, load_image
+from aim_icl.core.projector import ProjectorConfig, build_projector, load_projector, save_projector
+from aim_icl.core.prompt import Encoded, Part, PromptEncoder, PromptTemplate, Slots, query_parts
+from aim_icl.errors import AIMError
+
+logger = logging.getLogger(__name__)
+
+MODES = ("zero", "text", "icl", "aim")
+DemoLike = Demo | DemoStates | torch.Tensor
+
+
+class AIM:
+    """Wrap a loaded Hugging Face MLLM and its processor for many-shot in-context learning with fused tokens.
+
+    The model stays frozen; `projector` is the only trainable part. `template` says where demos and the query sit
+    (default: the processor's chat template when it has one, else a plain `[demos] image text` prompt).
+    `layer` picks the hidden states the projector reads (-1: the last layer, after the final norm, as the paper).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        projector: nn.Module | str | Path | None = None,
+        template: PromptTemplate | None = None,
+        layer: int = -1,
+        projector_name: str = "residual",
+        projector_options: dict | None = None,
+    ):
+        self.model = model.eval().requires_grad_(False)
+        self.backbone: Backbone = resolve_backbone(model, processor)
+        self.template = template or default_template(processor, self.backbone)
+        self.encoder = PromptEncoder(processor, self.backbone, self.template)
+        self.layer = layer
+        self.projector_config = ProjectorConfig(projector_name, self.backbone.signature, projector_options or {})
+        if projector is None:
+            projector = build_projector(self.projector_config)
+        elif isinstance(projector, (str, Path)):
+            projector, self.projector_config = load_projector(projector, self.backbone.signature)
+        self.projector: nn.Module = projector.to(self.backbone.device)
+
+    @classmethod
+    def from_pretrained(cls, model_id_or_dir: str | Path, projector: str | Path | None = None, **hf_kwargs) -> AIM:
+        """Load model and processor with transformers' auto classes, then wrap them."""
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        aim_kwargs = {k: hf_kwargs.pop(k) for k in ("template", "layer") if k in hf_kwargs}
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(model_id_or_dir, **hf_kwargs)
+            processor = AutoProcessor.from_pretrained(model_id_or_dir)
+        except (OSError, ValueError) as err:
+            raise AIMError(f"cannot load model {model_id_or_dir}: {str(err).splitlines()[0]}") from None
+        return cls(model, processor, projector=projector, **aim_kwargs)
+
+    def save_projector(self, directory: str | Path) -> Path:
+        return save_projector(self.projector, self.projector_config, directory)
+
+    # -- reading demonstrations -------------------------------------------------------------------------------
+
+    def encode(self, demos: Sequence[Demo], batch_size: int = 8) -> list[DemoStates]:
+        """Read demos through the frozen backbone: pre-projector hidden states over each demo's text tokens.
+
+        Each demo is read as the model's normal single-image input, the query layout with the demo's text in the
+        query's place. Batches are right-padded, so each row matches its one-by-one reading.
+        """
+        states: list[DemoStates] = []
+        for start in range(0, len(demos), batch_size):
+            batch = demos[start : start + batch_size]
+            ids = [self.encoder.text_ids(d.text) for d in batch]
+            prompts = [self._reading_parts(d, i) for d, i in zip(batch, ids)]
+            encoded = self.encoder.encode(prompts)
+            hidden = self._hidden_states(encoded.inputs)  # (B, T, hidden)
+            for row, (demo, token_ids) in enumerate(zip(batch, ids)):
+                pos = encoded.slot_positions[row][0]
+                states.append(DemoStates(hidden=hidden[row, pos].detach(), token_ids=token_ids, text=demo.text))
+        return states
+
+    def aggregate(self, demo: Demo | Sequence[Demo], batch_size: int = 8) -> torch.Tensor | list[torch.Tensor]:
+        """Fused virtual tokens of one demo, (n_text_tokens, embed), or of a list of demos (batched reading)."""
+        single = isinstance(demo, Demo)
+        states = self.encode([demo] if single else list(demo), batch_size=batch_size)
+        fused = [self.project(s.hidden) for s in states]
+        return fused[0] if single else fused
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Apply the projector to cached hidden states (carries gradients while the projector trains)."""
+        self._warn_if_unfitted()
+        p = next(self.projector.parameters())
+        return self.projector(hidden.to(p.device, p.dtype)).to(self.backbone.dtype)
+
+    @torch.no_grad()
+    def fit_projector(self, demos: Sequence[Demo | DemoStates], ridge: float = 1e-2, batch_size: int = 8) -> None:
+        """Fit the residual projector's copy map ê on these demos' hidden states (any images; a few hundred)."""
+        if not hasattr(self.projector, "fit_copy"):
+            raise AIMError(f"projector {type(self.projector).__name__} has no closed-form copy map to fit")
+        read = [d for d in demos if isinstance(d, Demo)]
+        states = [d for d in demos if isinstance(d, DemoStates)] + self.encode(read, batch_size=batch_size)
+        hidden = torch.cat([s.hidden for s in states]).float()
+        embeds = torch.cat([self.backbone.embed(s.token_ids.to(self.backbone.device)) for s in states]).float()
+        self.projector.fit_copy(hidden, embeds, ridge=ridge)
+
+    # -- building prompts -------------------------------------------------------------------------------------
+
+    def build_inputs(
+        self, image, text: str, demos: Iterable[DemoLike] = (), mode: str = "aim", target: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Keyword arguments for `model.generate` (or, via `forward`, a training step when `target` is given).
+
+        `aim`: `input_ids` with a placeholder at each fused slot and `inputs_embeds` holding the fused vectors;
+        `text`: the demos' text tokens; `icl`: every demo image and text; `zero`: no demos.
+        With `target`, its tokens (+ EOS) follow the prompt and `labels` mark them alone.
+        """
+        return self.build_batch([(image, text, list(demos), target)], mode=mode)
+
+    def build_batch(self, queries: Sequence[tuple], mode: str = "aim") -> dict[str, torch.Tensor]:
+        """Batched `build_inputs`: `queries` holds `(image, text, demos, target_or_None)` tuples."""
+        if mode not in MODES:
+            raise AIMError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+        if mode == "aim":  # read every fresh demo of the batch in one batched pass
+            fresh = iter(self.encode([d for q in queries for d in q[2] if isinstance(d, Demo)]))
+            queries = [(i, t, [next(fresh) if isinstance(d, Demo) else d for d in ds], g) for i, t, ds, g in queries]
+        prompts, targets = [], []
+        for image, text, demos, target in queries:
+            if mode == "zero" and demos:
+                raise AIMError("mode 'zero' takes no demos; pass demos=[] or use mode 'text', 'icl' or 'aim'")
+            query_image = None if image is None else load_image(image)
+            prompts.append(query_parts(self.template, query_image, text, [self._demo_parts(d, mode) for d in demos]))
+            targets.append(self._target_ids(target) if target is not None else None)
+        if any(t is not None for t in targets) and not all(t is not None for t in targets):
+            raise AIMError("give every query in a batch a target, or none")
+        encoded = self.encoder.encode(prompts, targets if targets[0] is not None else None)
+        return self._to_model_inputs(encoded, prompts)
+
+    def forward(self, inputs: dict[str, torch.Tensor], **kwargs):
+        """A forward pass on `build_inputs` output (e.g. a training step with `labels`).
+
+        Most families refuse `input_ids` with `inputs_embeds`: they are dropped, and M-RoPE families get explicit
+        positions computed from them first.
+        """
+        inputs = dict(inputs)
+        if "inputs_embeds" in inputs:
+            if self.backbone.rope_index is not None:
+                inputs["position_ids"] = self.backbone.positions(inputs)
+            inputs.pop("input_ids")
+        return self.model(**inputs, **kwargs)
+
+    @torch.no_grad()
+    def generate(
+        self, image, text: str, demos: Iterable[DemoLike] = (), mode: str = "aim", max_new_tokens: int = 32, **kwargs
+    ) -> str:
+        """Answer the query; returns the new tokens only, decoded."""
+        inputs = self.build_inputs(image, text, demos, mode)
+        kwargs.setdefault("do_sample", False)
+        kwargs.setdefault("pad_token_id", self.encoder.pad_id)
+        with forwarding_inputs_embeds(self.model):
+            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
+        new_tokens = output[0, inputs["input_ids"].shape[1] :]
+        return self.encoder.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+
+    # -- internals ----------------------------------------------------------------------------------------------
+
+    def _reading_parts(self, demo: Demo, token_ids: torch.Tensor) -> list[Part]:
+        image = None if demo.image is None else load_image(demo.image)
+        parts = query_parts(self.template, image, "", [])
+        return [*parts[:-1], Slots(token_ids), parts[-1]]
+
+    def _demo_parts(self, demo: DemoLike, mode: str) -> list[Part]:
+        if isinstance(demo, torch.Tensor):
+            if mode != "aim":
+                raise AIMError(f"fused tensors can only be used in mode 'aim', not {mode!r}; pass Demo objects")
+            if demo.ndim != 2 or demo.shape[-1] != self.backbone.embed_size:
+                raise AIMError(f"a fused demo must be (n_tokens, {self.backbone.embed_size}), got {tuple(demo.shape)}")
+            return [Slots(torch.full((len(demo),), self.encoder.placeholder_id), demo)]
+        if isinstance(demo, DemoStates):
+            if mode == "icl":
+                raise AIMError("cached demo states hold no image; mode 'icl' needs Demo objects")
+            if mode == "text":
+                return [Slots(demo.token_ids)]
+            return [Slots(torch.full_like(demo.token_ids, self.encoder.placeholder_id), self.project(demo.hidden))]
+        if not isinstance(demo, Demo):
+            raise AIMError(f"demos must be Demo, DemoStates or fused tensors, not {type(demo).__name__}")
+        ids = Slots(self.encoder.text_ids(demo.text))
+        if mode == "icl":
+            if demo.image is None:
+                raise AIMError("mode 'icl' needs every demo to have an image")
+            return [load_image(demo.image), ids]
+        return [ids]
+
+    def _to_model_inputs(self, encoded: Encoded, prompts: list[list[Part]]) -> dict[str, torch.Tensor]:
+        device = self.backbone.device
+        inputs = {k: v.to(device) for k, v in encoded.inputs.items()}
+        fused = [
+            (row, pos, slot.embeds)
+            for row, parts in enumerate(prompts)
+            for pos, slot in zip(encoded.slot_positions[row], (p for p in parts if isinstance(p, Slots)))
+            if slot.embeds is not None
+        ]
+        if not fused:
+            return inputs  # no virtual tokens: exactly the model's normal inputs
+        embeds = self.backbone.embed(inputs["input_ids"]).clone()  # (B, T, embed)
+        for row, pos, vectors in fused:
+            embeds[row, pos.to(device)] = vectors.to(device, embeds.dtype)
+        inputs["inputs_embeds"] = embeds
+        return inputs
+
+    @torch.no_grad()
+    def _hidden_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v.to(self.backbone.device) for k, v in inputs.items()}
+        out = self.model(**inputs, output_hidden_states=True, logits_to_keep=1)
+        return out.hidden_states[self.layer]
+
+    def _target_ids(self, target: str) -> torch.Tensor:
+        ids = self.encoder.text_ids(target)
+        eos = self.encoder.tokenizer.eos_token_id
+        return ids if eos is None else torch.cat([ids, torch.tensor([eos])])
+
+    def _warn_if_unfitted(self) -> None:
+        fitted = getattr(self.projector, "fitted", None)
+        if fitted is not None and not bool(fitted) and not getattr(self, "_warned_unfitted", False):
+            self._warned_unfitted = True
+            logger.warning(
+                "the projector is untrained (its copy map is not fitted): call aim.fit_projector(demos) or load a "
+                "trained projector; fused tokens are zero until then"
+            )
+
+
+@contextmanager
+def forwarding_inputs_embeds(model: nn.Module) -> Iterator[None]:
+    """Let `generate` accept `inputs_embeds` on models whose `prepare_inputs_for_generation` override hides it.
+
+    `generate` checks that signature for an `inputs_embeds` parameter; overrides that take `**kwargs` (PaliGemma,
+    Gemma 3) already pass it on to the base implementation, which uses it on the first step.
+    """
+    original = model.prepare_inputs_for_generation
+    if "inputs_embeds" in inspect.signature(original).parameters:
+        yield
+        return
+
+    def prepare(input_ids, inputs_embeds=None, **kwargs):
+        return original(input_ids, inputs_embeds=inputs_embeds, **kwargs)
+
+    model.prepare_inputs_for_generation = prepare
+    try:
+        yield
+    finally:
+        del model.prepare_inputs_for_generation  # back to the class method
+
+
+def default_template(processor, backbone: Backbone) -> PromptTemplate:
+    """The processor's chat template when it has one (instruct models), else a plain prompt (base models)."""
+    marker = backbone.family.image_marker or processor.image_token
+    if getattr(processor, "chat_template", None):
+        return PromptTemplate.from_chat_template(processor, marker)
+    return PromptTemplate(image=marker)

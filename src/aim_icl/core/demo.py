@@ -1,0 +1,74 @@
+"""Demonstrations, their cached form, and image loading with the documented conversions."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from aim_icl.errors import AIMError
+
+ImageLike = Union[Image.Image, str, Path, bytes]
+
+
+@dataclass
+class Demo:
+    """One image-text demonstration, e.g. `Demo(image, "Question: what colour? Answer: red")`."""
+
+    image: ImageLike | None
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DemoStates:
+    """A demo as the frozen backbone read it: pre-projector hidden states over its text tokens.
+
+    This is what the Demonstration Bank stores; the projector is applied when a prompt is built, so a cache stays
+    valid when the projector is retrained. `token_ids` lets the same item serve `text` mode too.
+    """
+
+    hidden: torch.Tensor  # (n_text_tokens, hidden)
+    token_ids: torch.Tensor  # (n_text_tokens,)
+    text: str = ""
+
+
+def load_image(image: ImageLike) -> Image.Image:
+    """Open an image and convert it to 8-bit RGB: palette, alpha, grey and 16-bit images are converted.
+
+    Alpha is composited on white (what a viewer shows); 16-bit and 32-bit grey are rescaled to 8 bits.
+    """
+    if isinstance(image, Image.Image):
+        img = image
+    else:
+        name = "<bytes>" if isinstance(image, bytes) else str(image)
+        try:
+            img = Image.open(io.BytesIO(image) if isinstance(image, bytes) else image)
+            img.load()
+        except FileNotFoundError:
+            raise AIMError(f"image not found: {name}") from None
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise AIMError(f"cannot read image {name}: {err}; pass a valid PNG/JPEG/WebP file") from None
+    return _to_rgb(img)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(arr.round().astype(np.uint8)).convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")

@@ -1,0 +1,162 @@
+"""The AIM projector: the only trained part, mapping demo hidden states to fused virtual tokens.
+
+Projectors are pluggable by name through `PROJECTORS`. Each saves itself alone (PEFT-style): a JSON config naming
+the backbone it belongs to plus a safetensors file, and refuses to load onto another backbone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from aim_icl.errors import AIMError
+from aim_icl.registry import Registry
+
+CONFIG_NAME = "projector_config.json"
+WEIGHTS_NAME = "projector.safetensors"
+FORMAT_VERSION = 1
+
+PROJECTORS: Registry[type[nn.Module]] = Registry("projector")
+
+
+@dataclass(frozen=True)
+class BackboneSignature:
+    """What a projector is bound to: loading it onto a backbone with another signature is refused."""
+
+    model_type: str
+    hidden_size: int  # width of the hidden states the projector reads
+    embed_size: int  # width of the input embeddings it writes
+    name_or_path: str = ""
+
+    def mismatch(self, other: BackboneSignature) -> str | None:
+        """A human-readable difference, or None when `other` is the same backbone."""
+        for key in ("model_type", "hidden_size", "embed_size"):
+            if getattr(self, key) != getattr(other, key):
+                return f"{key} {getattr(self, key)!r} != {getattr(other, key)!r}"
+        if self.name_or_path and other.name_or_path and self.name_or_path != other.name_or_path:
+            return f"name_or_path {self.name_or_path!r} != {other.name_or_path!r}"
+        return None
+
+
+@dataclass
+class ProjectorConfig:
+    name: str  # key in PROJECTORS
+    backbone: BackboneSignature
+    options: dict = field(default_factory=dict)  # constructor keyword arguments
+    version: int = FORMAT_VERSION
+
+
+@PROJECTORS.register("residual")
+class ResidualProjector(nn.Module):
+    """f(h) = ê(h) + g(h): a ridge-fitted copy of the demo's own token embeddings plus a zero-initialised MLP.
+
+    With `g` at zero, AIM reproduces text-only demonstrations; training `g` adds what the image says on top.
+    `ê` is fitted in closed form (`fit_copy`) and stays trainable.
+    """
+
+    def __init__(self, hidden_size: int, embed_size: int, mlp_ratio: float = 1.0):
+        super().__init__()
+        width = max(1, int(hidden_size * mlp_ratio))
+        self.copy = nn.Linear(hidden_size, embed_size)
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(hidden_size), nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, embed_size)
+        )
+        for p in (self.copy.weight, self.copy.bias, self.mlp[-1].weight, self.mlp[-1].bias):
+            nn.init.zeros_(p)
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., hidden) -> (..., embed)
+        return self.copy(hidden) + self.mlp(hidden)
+
+    @torch.no_grad()
+    def fit_copy(self, hidden: torch.Tensor, embeds: torch.Tensor, ridge: float = 1e-2) -> None:
+        """Fit ê by ridge regression so that ê(hidden_i) ≈ embeds_i (rows are token positions)."""
+        weight, bias = ridge_fit(hidden, embeds, ridge)
+        self.copy.weight.copy_(weight)
+        self.copy.bias.copy_(bias)
+        self.fitted.fill_(True)
+
+
+@PROJECTORS.register("linear")
+class LinearProjector(nn.Module):
+    """The paper's plain `Linear(d, d)`, identity-initialised where the widths match."""
+
+    def __init__(self, hidden_size: int, embed_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, embed_size)
+        nn.init.zeros_(self.linear.bias)
+        if hidden_size == embed_size:
+            nn.init.eye_(self.linear.weight)
+        self.register_buffer("fitted", torch.ones((), dtype=torch.bool))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden)
+
+
+def ridge_fit(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed-form ridge regression y ≈ x Wᵀ + b, in float64 for stability.
+
+    `ridge` is relative to the mean eigenvalue of the centred Gram matrix, so one value suits any width or scale.
+    """
+    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
+        raise AIMError(f"ridge_fit needs matching 2-D rows, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if len(x) < 2:
+        raise AIMError("fitting the projector's copy map needs at least 2 token positions; pass more demos")
+    x, y = x.double(), y.double()
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    xc, yc = x - x_mean, y - y_mean
+    gram = xc.T @ xc  # (d, d)
+    lam = ridge * gram.diagonal().mean().clamp_min(1e-12)
+    weight = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), xc.T @ yc).T  # (e, d)
+    bias = y_mean - weight @ x_mean
+    return weight.float(), bias.float()
+
+
+def build_projector(config: ProjectorConfig) -> nn.Module:
+    cls = PROJECTORS.get(config.name)
+    return cls(config.backbone.hidden_size, config.backbone.embed_size, **config.options)
+
+
+def save_projector(projector: nn.Module, config: ProjectorConfig, directory: str | Path) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in projector.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_NAME))
+    (directory / CONFIG_NAME).write_text(json.dumps(asdict(config), indent=2) + "\n")
+    return directory
+
+
+def load_projector_config(directory: str | Path) -> ProjectorConfig:
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise AIMError(f"no {CONFIG_NAME} in {directory}: pass a directory written by aim.save_projector")
+    try:
+        raw = json.loads(path.read_text())
+        return ProjectorConfig(
+            name=raw["name"],
+            backbone=BackboneSignature(**raw["backbone"]),
+            options=raw.get("options", {}),
+            version=raw.get("version", FORMAT_VERSION),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise AIMError(f"{path} is not a valid projector config ({err}); re-save the projector") from None
+
+
+def load_projector(directory: str | Path, expected: BackboneSignature) -> tuple[nn.Module, ProjectorConfig]:
+    """Load a saved projector, refusing one trained for another backbone."""
+    config = load_projector_config(directory)
+    if config.version > FORMAT_VERSION:
+        raise AIMError(f"projector in {directory} has format {config.version}; upgrade aim-icl to load it")
+    if (diff := config.backbone.mismatch(expected)) is not None:
+        raise AIMError(f"projector in {directory} belongs to another backbone ({diff}); load it onto the model it was trained for")
+    projector = build_projector(config)
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise AIMError(f"no {WEIGHTS_NAME} in {directory}: the projector save is incomplete")
+    projector.load_state_dict(load_file(str(weights)))
+    return projector, config

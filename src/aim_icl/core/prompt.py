@@ -1,0 +1,211 @@
+"""Prompts as parts (text, images, token slots), encoded through the model's own processor.
+
+A prompt is a list of parts: strings, images, and `Slots` that stand for a demo's text tokens. The processor sees
+the text with one marker token per `Slots` (so it expands images exactly as usual); each marker is then widened into
+the slot's tokens, and every per-token tensor the processor returned (attention mask, token types) is widened with
+it. In `text` mode the slots hold the demo's own token ids; in `aim` mode they hold a placeholder id whose input
+embedding is then overwritten with a fused vector. Both modes therefore share one token layout.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from aim_icl.core.backbone import Backbone
+from aim_icl.errors import AIMError
+
+SLOT_TOKEN = "<|aim_slot|>"
+_TEXT = "AIMQUERYTEXTSENTINEL"
+
+
+@dataclass
+class Slots:
+    """Positions that hold one demo's text: its token ids, and optionally the vectors to write there."""
+
+    ids: torch.Tensor  # (n,)
+    embeds: torch.Tensor | None = None  # (n, embed); None keeps the ids' own embeddings
+
+
+Part = str | Image.Image | Slots
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """Where demos and the query sit: `prefix [demo separator]* image text suffix`.
+
+    `image` is the text that places one image (the family's marker plus whatever the chat template puts after it).
+    Demos in `text`/`aim` mode are their text tokens; in `icl` mode each is `image` + its text.
+    """
+
+    prefix: str = ""
+    image: str = "<image>"
+    suffix: str = ""
+    separator: str = "\n"
+    add_special_tokens: bool = True  # False for chat templates, which render BOS and the like themselves
+
+    @classmethod
+    def from_chat_template(cls, processor, image_marker: str, separator: str = "\n") -> PromptTemplate:
+        """Read prefix, image text and suffix off the processor's chat template (one user turn: image, text)."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": _TEXT}]}]
+        rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        before, found, suffix = rendered.partition(_TEXT)
+        start = before.find(image_marker)
+        if not found or start < 0:
+            raise AIMError(
+                f"cannot find the image marker {image_marker!r} in this chat template's output; "
+                "pass a PromptTemplate explicitly"
+            )
+        return cls(before[:start], before[start:], suffix, separator, add_special_tokens=False)
+
+
+def query_parts(template: PromptTemplate, image, text: str, demos: list[list[Part]]) -> list[Part]:
+    """`prefix [demo separator]* [image] text suffix` as parts (demos already rendered as parts)."""
+    parts: list[Part] = [template.prefix]
+    for demo in demos:
+        parts += [*demo, template.separator]
+    if image is not None:
+        parts.append(image)
+    return [*parts, text, template.suffix]
+
+
+@dataclass
+class Encoded:
+    inputs: dict[str, torch.Tensor]  # processor outputs, widened, right-padded; `labels` when targets were given
+    slot_positions: list[list[torch.Tensor]]  # [row][slot] -> positions (n,) of that Slots part
+
+
+class PromptEncoder:
+    """Turns part lists into model inputs through a private copy of the processor (with one added marker token)."""
+
+    def __init__(self, processor, backbone: Backbone, template: PromptTemplate):
+        self.processor = copy.deepcopy(processor)  # the marker token must not leak into the user's tokenizer
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.add_tokens([SLOT_TOKEN], special_tokens=True)
+        self.slot_id = self.tokenizer.convert_tokens_to_ids(SLOT_TOKEN)
+        self.backbone = backbone
+        self.template = template
+        self.placeholder_id = _placeholder_id(self.tokenizer, backbone.image_token_id)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.placeholder_id
+
+    def text_ids(self, text: str) -> torch.Tensor:
+        """A demo text's own tokens: no BOS or other tokens a processor adds around it."""
+        if not text or not text.strip():
+            raise AIMError("demo text is empty; every demonstration needs some text")
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def encode(self, prompts: list[list[Part]], targets: list[torch.Tensor] | None = None) -> Encoded:
+        rendered = [self._render(parts) for parts in prompts]
+        texts = [text for text, _, _ in rendered]
+        images = [imgs for _, imgs, _ in rendered]
+        kwargs = {"add_special_tokens": self.template.add_special_tokens}
+        if len(texts) > 1:
+            kwargs["padding"] = True
+        if any(images):
+            if not all(images):
+                raise AIMError("a batch must give every prompt an image, or none")
+            kwargs["images"] = images if len(images) > 1 else images[0]
+        try:
+            out = self.processor(text=texts, return_tensors="pt", **kwargs)
+        except (ValueError, TypeError, IndexError) as err:
+            raise AIMError(f"the processor refused the prompt: {_first_line(err)}") from None
+        out = {k: v for k, v in out.items() if k != "labels" and isinstance(v, torch.Tensor)}
+        rows, positions = [], []
+        for i, (_, _, slots) in enumerate(rendered):
+            row, pos = self._widen(out, i, slots)
+            if targets is not None:
+                row = self._append_target(row, targets[i])
+            rows.append(row)
+            positions.append(pos)
+        inputs = {k: v for k, v in out.items() if not _is_per_token(v, out["input_ids"])}
+        inputs.update(self._pad(rows))
+        length = inputs["input_ids"].shape[1]
+        if self.backbone.max_length is not None and length > self.backbone.max_length:
+            raise AIMError(
+                f"prompt is {length} tokens but the model's context is {self.backbone.max_length}; use fewer or shorter demos"
+            )
+        return Encoded(inputs=inputs, slot_positions=positions)
+
+    def _render(self, parts: list[Part]) -> tuple[str, list[Image.Image], list[Slots]]:
+        text, images, slots = [], [], []
+        for part in parts:
+            if isinstance(part, str):
+                text.append(part)
+            elif isinstance(part, Slots):
+                text.append(SLOT_TOKEN)
+                slots.append(part)
+            else:
+                text.append(self.template.image)
+                images.append(part)
+        text = "".join(text)
+        if self.backbone.family.images_first:
+            text = self.template.image * len(images) + text.replace(self.template.image, "")
+        return text, images, slots
+
+    def _widen(self, out: dict, i: int, slots: list[Slots]) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """Replace row i's markers by the slots' tokens, widening every per-token tensor alike."""
+        ids = out["input_ids"][i]
+        keep = out["attention_mask"][i].bool() if "attention_mask" in out else torch.ones_like(ids, dtype=torch.bool)
+        per_token = {k: v[i][keep] for k, v in out.items() if _is_per_token(v, out["input_ids"])}
+        markers = (per_token["input_ids"] == self.slot_id).nonzero().flatten().tolist()
+        if len(markers) != len(slots):
+            raise AIMError("a demo text or template contains the reserved slot token; remove it")
+        pieces = {k: [] for k in per_token}
+        positions, start, length = [], 0, 0
+        for marker, slot in zip(markers, slots):
+            n = len(slot.ids)
+            for key, values in per_token.items():
+                widened = slot.ids.to(values) if key == "input_ids" else values[marker].repeat(n)
+                pieces[key] += [values[start:marker], widened]
+            length += marker - start
+            positions.append(torch.arange(length, length + n))
+            length, start = length + n, marker + 1
+        for key, values in per_token.items():
+            pieces[key].append(values[start:])
+        return {k: torch.cat(v) for k, v in pieces.items()}, positions
+
+    def _append_target(self, row: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Append the answer tokens after the prompt, as generation would produce them, with labels on them only."""
+        n = len(target)
+        overrides = self.backbone.family.target_values
+        out = {}
+        for key, values in row.items():
+            tail = target.to(values) if key == "input_ids" else values[-1:].repeat(n)
+            if key in overrides:
+                tail = torch.full_like(tail, overrides[key])
+            out[key] = torch.cat([values, tail])
+        out["labels"] = torch.cat([torch.full_like(row["input_ids"], -100), target.to(row["input_ids"])])
+        return out
+
+    def _pad(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Right-pad rows to one length, so each row's positions match its unpadded encoding."""
+        width = max(len(r["input_ids"]) for r in rows)
+        fill = {"input_ids": self.pad_id, "labels": -100}
+        batch = {}
+        for key in rows[0]:
+            padded = [torch.cat([r[key], r[key].new_full((width - len(r[key]),), fill.get(key, 0))]) for r in rows]
+            batch[key] = torch.stack(padded)
+        if "attention_mask" not in batch:
+            lengths = torch.tensor([len(r["input_ids"]) for r in rows])
+            batch["attention_mask"] = (torch.arange(width)[None] < lengths[:, None]).long()
+        return batch
+
+
+def _is_per_token(value: torch.Tensor, input_ids: torch.Tensor) -> bool:
+    return value.shape == input_ids.shape
+
+
+def _placeholder_id(tokenizer, image_token_id: int) -> int:
+    """An id for fused slots that no image merging can mistake for an image token."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None and candidate != image_token_id:
+            return int(candidate)
+    return 1
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

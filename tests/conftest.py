@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny real models of every family (built once per session) and demos over tiny images."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from aim_icl import AIM, Demo
+from aim_icl.testing.tiny import FAMILIES, build_tiny, tiny_image
+
+NAMED_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma", "gemma3")
+WORDS = "red blue green cat dog bird circle square small large left right".split()
+
+
+def make_demos(k: int, seed: int = 0) -> list[Demo]:
+    """k demos with distinct images and texts of varying length."""
+    g = torch.Generator().manual_seed(seed)
+    demos = []
+    for i in range(k):
+        words = [WORDS[j] for j in torch.randint(len(WORDS), (1 + i % 3,), generator=g).tolist()]
+        demos.append(Demo(tiny_image(seed * 100 + i), f"question: what is it? answer: {' '.join(words)}"))
+    return demos
+
+
+@functools.cache
+def tiny_aim(family: str) -> AIM:
+    """An AIM over a tiny model of `family`, copy map fitted so fused tokens are not zero."""
+    model, processor = build_tiny(family)
+    aim = AIM(model, processor)
+    aim.fit_projector(make_demos(8, seed=7))
+    return aim
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def aim(family) -> AIM:
+    return tiny_aim(family)
+
+
+@pytest.fixture
+def llava() -> AIM:
+    return tiny_aim("llava")
