@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from aim_icl.core.aim import AIM, MODES
-from aim_icl.core.demo import Demo
+from aim_icl.core.demo import Demo, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", required=True, help="query image file")
     parser.add_argument("--prompt", required=True, help="query text, e.g. 'Question: what is it? Answer:'")
     parser.add_argument(
-        "--demo", nargs=2, action="append", default=[], metavar=("IMAGE", "TEXT"), help="a demonstration (repeatable)"
+        "--demo",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("IMAGE", "TEXT"),
+        help="a demonstration (repeatable)",
     )
     parser.add_argument("--mode", choices=MODES, default="aim")
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -25,12 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    query = load_image(args.image)  # read inputs before loading a model that may take minutes
+    demos = [Demo(load_image(image), text) for image, text in args.demo]
     aim = AIM.from_pretrained(args.model, projector=args.projector)
     aim.model.to(args.device)
     aim.projector.to(args.device)
-    demos = [Demo(image, text) for image, text in args.demo]
     if args.mode == "aim" and args.projector is None and demos:
         logger.warning("no --projector: fitting the copy map on the given demos (AIM then ≈ text-only demos)")
         aim.fit_projector(demos)
-    print(aim.generate(args.image, args.prompt, demos=demos, mode=args.mode, max_new_tokens=args.max_new_tokens))
+    print(
+        aim.generate(args.image, args.prompt, demos=demos, mode=args.mode, max_new_tokens=args.max_new_tokens)
+    )
     return 0

@@ -14,6 +14,7 @@ from torch import nn
 
 from aim_icl.core.backbone import Backbone, resolve_backbone
 from aim_icl.core.demo import Demo, DemoStates, load_image
+from aim_icl.core.loading import load_model, load_processor
 from aim_icl.core.projector import ProjectorConfig, build_projector, load_projector, save_projector
 from aim_icl.core.prompt import Encoded, Part, PromptEncoder, PromptTemplate, Slots, query_parts
 from aim_icl.errors import AIMError
@@ -47,7 +48,9 @@ class AIM:
         self.template = template or default_template(processor, self.backbone)
         self.encoder = PromptEncoder(processor, self.backbone, self.template)
         self.layer = layer
-        self.projector_config = ProjectorConfig(projector_name, self.backbone.signature, projector_options or {})
+        self.projector_config = ProjectorConfig(
+            projector_name, self.backbone.signature, projector_options or {}
+        )
         if projector is None:
             projector = build_projector(self.projector_config)
         elif isinstance(projector, (str, Path)):
@@ -55,17 +58,13 @@ class AIM:
         self.projector: nn.Module = projector.to(self.backbone.device)
 
     @classmethod
-    def from_pretrained(cls, model_id_or_dir: str | Path, projector: str | Path | None = None, **hf_kwargs) -> AIM:
-        """Load model and processor with transformers' auto classes, then wrap them."""
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
+    def from_pretrained(
+        cls, model_id_or_dir: str | Path, projector: str | Path | None = None, **hf_kwargs
+    ) -> AIM:
+        """Load model and processor from a hub id or directory (`hf_kwargs` go to the model), then wrap them."""
         aim_kwargs = {k: hf_kwargs.pop(k) for k in ("template", "layer") if k in hf_kwargs}
-        try:
-            model = AutoModelForImageTextToText.from_pretrained(model_id_or_dir, **hf_kwargs)
-            processor = AutoProcessor.from_pretrained(model_id_or_dir)
-        except (OSError, ValueError) as err:
-            raise AIMError(f"cannot load model {model_id_or_dir}: {str(err).splitlines()[0]}") from None
-        return cls(model, processor, projector=projector, **aim_kwargs)
+        model = load_model(model_id_or_dir, **hf_kwargs)
+        return cls(model, load_processor(model_id_or_dir), projector=projector, **aim_kwargs)
 
     def save_projector(self, directory: str | Path) -> Path:
         return save_projector(self.projector, self.projector_config, directory)
@@ -87,10 +86,14 @@ class AIM:
             hidden = self._hidden_states(encoded.inputs)  # (B, T, hidden)
             for row, (demo, token_ids) in enumerate(zip(batch, ids)):
                 pos = encoded.slot_positions[row][0]
-                states.append(DemoStates(hidden=hidden[row, pos].detach(), token_ids=token_ids, text=demo.text))
+                states.append(
+                    DemoStates(hidden=hidden[row, pos].detach(), token_ids=token_ids, text=demo.text)
+                )
         return states
 
-    def aggregate(self, demo: Demo | Sequence[Demo], batch_size: int = 8) -> torch.Tensor | list[torch.Tensor]:
+    def aggregate(
+        self, demo: Demo | Sequence[Demo], batch_size: int = 8
+    ) -> torch.Tensor | list[torch.Tensor]:
         """Fused virtual tokens of one demo, (n_text_tokens, embed), or of a list of demos (batched reading)."""
         single = isinstance(demo, Demo)
         states = self.encode([demo] if single else list(demo), batch_size=batch_size)
@@ -104,14 +107,18 @@ class AIM:
         return self.projector(hidden.to(p.device, p.dtype)).to(self.backbone.dtype)
 
     @torch.no_grad()
-    def fit_projector(self, demos: Sequence[Demo | DemoStates], ridge: float = 1e-2, batch_size: int = 8) -> None:
+    def fit_projector(
+        self, demos: Sequence[Demo | DemoStates], ridge: float = 1e-2, batch_size: int = 8
+    ) -> None:
         """Fit the residual projector's copy map ê on these demos' hidden states (any images; a few hundred)."""
         if not hasattr(self.projector, "fit_copy"):
             raise AIMError(f"projector {type(self.projector).__name__} has no closed-form copy map to fit")
         read = [d for d in demos if isinstance(d, Demo)]
         states = [d for d in demos if isinstance(d, DemoStates)] + self.encode(read, batch_size=batch_size)
         hidden = torch.cat([s.hidden for s in states]).float()
-        embeds = torch.cat([self.backbone.embed(s.token_ids.to(self.backbone.device)) for s in states]).float()
+        embeds = torch.cat(
+            [self.backbone.embed(s.token_ids.to(self.backbone.device)) for s in states]
+        ).float()
         self.projector.fit_copy(hidden, embeds, ridge=ridge)
 
     # -- building prompts -------------------------------------------------------------------------------------
@@ -133,13 +140,17 @@ class AIM:
             raise AIMError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         if mode == "aim":  # read every fresh demo of the batch in one batched pass
             fresh = iter(self.encode([d for q in queries for d in q[2] if isinstance(d, Demo)]))
-            queries = [(i, t, [next(fresh) if isinstance(d, Demo) else d for d in ds], g) for i, t, ds, g in queries]
+            queries = [
+                (i, t, [next(fresh) if isinstance(d, Demo) else d for d in ds], g) for i, t, ds, g in queries
+            ]
         prompts, targets = [], []
         for image, text, demos, target in queries:
             if mode == "zero" and demos:
                 raise AIMError("mode 'zero' takes no demos; pass demos=[] or use mode 'text', 'icl' or 'aim'")
             query_image = None if image is None else load_image(image)
-            prompts.append(query_parts(self.template, query_image, text, [self._demo_parts(d, mode) for d in demos]))
+            prompts.append(
+                query_parts(self.template, query_image, text, [self._demo_parts(d, mode) for d in demos])
+            )
             targets.append(self._target_ids(target) if target is not None else None)
         if any(t is not None for t in targets) and not all(t is not None for t in targets):
             raise AIMError("give every query in a batch a target, or none")
@@ -161,7 +172,13 @@ class AIM:
 
     @torch.no_grad()
     def generate(
-        self, image, text: str, demos: Iterable[DemoLike] = (), mode: str = "aim", max_new_tokens: int = 32, **kwargs
+        self,
+        image,
+        text: str,
+        demos: Iterable[DemoLike] = (),
+        mode: str = "aim",
+        max_new_tokens: int = 32,
+        **kwargs,
     ) -> str:
         """Answer the query; returns the new tokens only, decoded."""
         inputs = self.build_inputs(image, text, demos, mode)
@@ -182,16 +199,22 @@ class AIM:
     def _demo_parts(self, demo: DemoLike, mode: str) -> list[Part]:
         if isinstance(demo, torch.Tensor):
             if mode != "aim":
-                raise AIMError(f"fused tensors can only be used in mode 'aim', not {mode!r}; pass Demo objects")
+                raise AIMError(
+                    f"fused tensors can only be used in mode 'aim', not {mode!r}; pass Demo objects"
+                )
             if demo.ndim != 2 or demo.shape[-1] != self.backbone.embed_size:
-                raise AIMError(f"a fused demo must be (n_tokens, {self.backbone.embed_size}), got {tuple(demo.shape)}")
+                raise AIMError(
+                    f"a fused demo must be (n_tokens, {self.backbone.embed_size}), got {tuple(demo.shape)}"
+                )
             return [Slots(torch.full((len(demo),), self.encoder.placeholder_id), demo)]
         if isinstance(demo, DemoStates):
             if mode == "icl":
                 raise AIMError("cached demo states hold no image; mode 'icl' needs Demo objects")
             if mode == "text":
                 return [Slots(demo.token_ids)]
-            return [Slots(torch.full_like(demo.token_ids, self.encoder.placeholder_id), self.project(demo.hidden))]
+            return [
+                Slots(torch.full_like(demo.token_ids, self.encoder.placeholder_id), self.project(demo.hidden))
+            ]
         if not isinstance(demo, Demo):
             raise AIMError(f"demos must be Demo, DemoStates or fused tensors, not {type(demo).__name__}")
         ids = Slots(self.encoder.text_ids(demo.text))

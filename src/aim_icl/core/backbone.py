@@ -81,7 +81,10 @@ def resolve_backbone(model: nn.Module, processor) -> Backbone:
             ("config.image_token_id", image_token_id is not None),
             ("model.get_input_embeddings()", _has_embeddings(model)),
             ("processor.tokenizer", getattr(processor, "tokenizer", None) is not None),
-            ("an image marker (processor.image_token)", family.image_marker or getattr(processor, "image_token", None)),
+            (
+                "an image marker (processor.image_token)",
+                family.image_marker or getattr(processor, "image_token", None),
+            ),
         )
         if not ok
     ]

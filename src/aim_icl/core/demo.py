@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from aim_icl.errors import AIMError
 
-ImageLike = Union[Image.Image, str, Path, bytes]
+ImageLike = Image.Image | str | Path | bytes
 
 
 @dataclass

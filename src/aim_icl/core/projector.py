@@ -153,7 +153,9 @@ def load_projector(directory: str | Path, expected: BackboneSignature) -> tuple[
     if config.version > FORMAT_VERSION:
         raise AIMError(f"projector in {directory} has format {config.version}; upgrade aim-icl to load it")
     if (diff := config.backbone.mismatch(expected)) is not None:
-        raise AIMError(f"projector in {directory} belongs to another backbone ({diff}); load it onto the model it was trained for")
+        raise AIMError(
+            f"projector in {directory} belongs to another backbone ({diff}); load it onto the model it was trained for"
+        )
     projector = build_projector(config)
     weights = Path(directory) / WEIGHTS_NAME
     if not weights.is_file():

@@ -74,7 +74,9 @@ def query_parts(template: PromptTemplate, image, text: str, demos: list[list[Par
 
 @dataclass
 class Encoded:
-    inputs: dict[str, torch.Tensor]  # processor outputs, widened, right-padded; `labels` when targets were given
+    inputs: dict[
+        str, torch.Tensor
+    ]  # processor outputs, widened, right-padded; `labels` when targets were given
     slot_positions: list[list[torch.Tensor]]  # [row][slot] -> positions (n,) of that Slots part
 
 
@@ -89,7 +91,9 @@ class PromptEncoder:
         self.backbone = backbone
         self.template = template
         self.placeholder_id = _placeholder_id(self.tokenizer, backbone.image_token_id)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.placeholder_id
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.placeholder_id
+        )
 
     def text_ids(self, text: str) -> torch.Tensor:
         """A demo text's own tokens: no BOS or other tokens a processor adds around it."""
@@ -146,10 +150,16 @@ class PromptEncoder:
             text = self.template.image * len(images) + text.replace(self.template.image, "")
         return text, images, slots
 
-    def _widen(self, out: dict, i: int, slots: list[Slots]) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    def _widen(
+        self, out: dict, i: int, slots: list[Slots]
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """Replace row i's markers by the slots' tokens, widening every per-token tensor alike."""
         ids = out["input_ids"][i]
-        keep = out["attention_mask"][i].bool() if "attention_mask" in out else torch.ones_like(ids, dtype=torch.bool)
+        keep = (
+            out["attention_mask"][i].bool()
+            if "attention_mask" in out
+            else torch.ones_like(ids, dtype=torch.bool)
+        )
         per_token = {k: v[i][keep] for k, v in out.items() if _is_per_token(v, out["input_ids"])}
         markers = (per_token["input_ids"] == self.slot_id).nonzero().flatten().tolist()
         if len(markers) != len(slots):
@@ -187,7 +197,9 @@ class PromptEncoder:
         fill = {"input_ids": self.pad_id, "labels": -100}
         batch = {}
         for key in rows[0]:
-            padded = [torch.cat([r[key], r[key].new_full((width - len(r[key]),), fill.get(key, 0))]) for r in rows]
+            padded = [
+                torch.cat([r[key], r[key].new_full((width - len(r[key]),), fill.get(key, 0))]) for r in rows
+            ]
             batch[key] = torch.stack(padded)
         if "attention_mask" not in batch:
             lengths = torch.tensor([len(r["input_ids"]) for r in rows])

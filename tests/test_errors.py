@@ -1,0 +1,101 @@
+"""Bad input: one clear error line or the documented conversion, never a traceback from inside transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_demos
+from PIL import Image
+
+from aim_icl import AIM, AIMError, Demo, DemoStates, load_image
+from aim_icl.testing.tiny import build_tiny, tiny_image
+
+QUERY = "question: what is it? answer:"
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("P", (20, 20), 3),
+        Image.new("RGBA", (20, 20), (255, 0, 0, 0)),
+        Image.new("LA", (20, 20), (10, 128)),
+        Image.new("L", (20, 20), 7),
+        Image.new("CMYK", (20, 20)),
+        Image.fromarray(np.arange(400, dtype=np.uint16).reshape(20, 20) * 100),
+    ],
+    ids=["palette", "rgba", "la", "grey", "cmyk", "16-bit"],
+)
+def test_images_of_any_mode_become_rgb(image, llava):
+    rgb = load_image(image)
+    assert rgb.mode == "RGB" and rgb.size == image.size
+    assert isinstance(llava.aggregate(Demo(image, "question: what? answer: red")), torch.Tensor)
+
+
+def test_transparent_pixels_become_white_and_16_bit_is_rescaled():
+    assert load_image(Image.new("RGBA", (4, 4), (255, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
+    deep = Image.fromarray(np.array([[0, 65535]], dtype=np.uint16))
+    assert [load_image(deep).getpixel((x, 0))[0] for x in (0, 1)] == [0, 255]
+
+
+def test_corrupt_and_missing_images(tmp_path, llava):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(AIMError, match="cannot read image .*bad.png"):
+        llava.generate(bad, QUERY, mode="zero")
+    with pytest.raises(AIMError, match="image not found"):
+        llava.aggregate(Demo(tmp_path / "missing.jpg", "question: what? answer: red"))
+
+
+def test_images_load_from_paths_and_bytes(tmp_path, llava):
+    path = tmp_path / "q.png"
+    tiny_image(4).save(path)
+    from_path = llava.build_inputs(path, QUERY, [], "zero")
+    from_bytes = llava.build_inputs(path.read_bytes(), QUERY, [], "zero")
+    assert torch.equal(from_path["pixel_values"], from_bytes["pixel_values"])
+
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_empty_demo_text(text, llava):
+    with pytest.raises(AIMError, match="demo text is empty"):
+        llava.aggregate(Demo(tiny_image(1), text))
+
+
+def test_unknown_mode_and_demos_given_to_zero(llava):
+    with pytest.raises(AIMError, match="unknown mode 'few'"):
+        llava.build_inputs(tiny_image(1), QUERY, [], "few")
+    with pytest.raises(AIMError, match="mode 'zero' takes no demos"):
+        llava.build_inputs(tiny_image(1), QUERY, make_demos(1), "zero")
+
+
+def test_cached_items_outside_their_modes(llava):
+    states = llava.encode(make_demos(1))[0]
+    fused = llava.project(states.hidden)
+    with pytest.raises(AIMError, match="fused tensors can only be used in mode 'aim'"):
+        llava.build_inputs(tiny_image(1), QUERY, [fused], "text")
+    with pytest.raises(AIMError, match="mode 'icl' needs Demo objects"):
+        llava.build_inputs(tiny_image(1), QUERY, [states], "icl")
+    with pytest.raises(AIMError, match="a fused demo must be"):
+        llava.build_inputs(tiny_image(1), QUERY, [fused[:, :5]], "aim")
+    # cached states serve `aim` (projected on read) and `text` (their token ids) like the Demo they came from
+    demo = make_demos(1)[0]
+    for mode in ("aim", "text"):
+        a, b = (llava.build_inputs(tiny_image(1), QUERY, [x], mode) for x in (states, demo))
+        assert all(torch.allclose(a[k].float(), b[k].float()) for k in a)
+    assert isinstance(states, DemoStates)
+
+
+def test_prompt_longer_than_the_context():
+    model, processor = build_tiny("llava", text_config={"max_position_embeddings": 64})
+    aim = AIM(model, processor)
+    with pytest.raises(AIMError, match=r"prompt is \d+ tokens but the model's context is 64"):
+        aim.build_inputs(tiny_image(1), QUERY, make_demos(8), "text")
+
+
+def test_a_model_without_the_image_convention_is_named():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, processor = build_tiny("llava")
+    lm = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2))
+    with pytest.raises(AIMError, match="missing config.image_token_id"):
+        AIM(lm, processor)

@@ -1,0 +1,76 @@
+"""The projector: residual default, the copy map's ridge fit, saving alone and refusing other backbones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_demos, tiny_aim
+
+from aim_icl import AIM, AIMError, Demo
+from aim_icl.core.projector import CONFIG_NAME, LinearProjector, ResidualProjector, ridge_fit
+from aim_icl.testing.tiny import build_tiny, tiny_image
+
+
+def test_ridge_fit_recovers_a_linear_map():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 16, generator=g)
+    w, b = torch.randn(8, 16, generator=g), torch.randn(8, generator=g)
+    weight, bias = ridge_fit(x, x @ w.T + b, ridge=1e-8)
+    assert torch.allclose(weight, w, atol=1e-4) and torch.allclose(bias, b, atol=1e-4)
+
+
+def test_fresh_residual_projector_is_zero_until_fitted():
+    proj = ResidualProjector(16, 8)
+    assert not bool(proj.fitted)
+    assert torch.equal(proj(torch.randn(3, 16)), torch.zeros(3, 8))
+
+
+def test_fitted_copy_map_reproduces_the_demo_text_embeddings(family):
+    """Untrained AIM ≈ text-only demos: ê maps each text position back to (near) its own token embedding."""
+    aim = tiny_aim(family)  # fitted on make_demos(8, seed=7)
+    states = aim.encode(make_demos(8, seed=7))
+    fused = torch.cat([aim.project(s.hidden) for s in states])
+    target = torch.cat([aim.backbone.embed(s.token_ids) for s in states])
+    residual = (fused - target).norm() / target.norm()
+    assert residual < 0.5
+    table = aim.backbone.embed(torch.arange(aim.model.get_input_embeddings().num_embeddings))
+    nearest = torch.cdist(fused, table).argmin(-1)  # the token each fused vector is closest to
+    assert (nearest == torch.cat([s.token_ids for s in states])).float().mean() > 0.5
+
+
+def test_save_and_load_round_trip(tmp_path, llava):
+    llava.save_projector(tmp_path / "proj")
+    config = json.loads((tmp_path / "proj" / CONFIG_NAME).read_text())
+    assert config["name"] == "residual" and config["backbone"]["model_type"] == "llava"
+    model, processor = build_tiny("llava")
+    again = AIM(model, processor, projector=tmp_path / "proj")
+    demo = Demo(tiny_image(3), "question: what? answer: red")
+    assert torch.equal(llava.aggregate(demo), again.aggregate(demo))
+
+
+def test_loading_onto_another_backbone_is_refused(tmp_path, llava):
+    llava.save_projector(tmp_path / "proj")
+    model, processor = build_tiny("qwen2_vl")
+    with pytest.raises(AIMError, match="belongs to another backbone"):
+        AIM(model, processor, projector=tmp_path / "proj")
+
+
+def test_missing_projector_directory_is_a_clear_error(tmp_path):
+    model, processor = build_tiny("llava")
+    with pytest.raises(AIMError, match="no projector_config.json"):
+        AIM(model, processor, projector=tmp_path / "nowhere")
+
+
+def test_projector_is_pluggable_by_name(tmp_path):
+    model, processor = build_tiny("llava")
+    aim = AIM(model, processor, projector_name="linear")
+    assert isinstance(aim.projector, LinearProjector)
+    fused = aim.aggregate(make_demos(1)[0])
+    states = aim.encode(make_demos(1))[0]
+    assert torch.allclose(fused, states.hidden)  # identity-initialised
+    aim.save_projector(tmp_path / "linear")
+    assert isinstance(AIM(model, processor, projector=tmp_path / "linear").projector, LinearProjector)
+    with pytest.raises(AIMError, match="unknown projector 'resdual'; did you mean 'residual'"):
+        AIM(model, processor, projector_name="resdual")
