@@ -10,8 +10,17 @@ import torch
 from aim_icl import AIM, Demo
 from aim_icl.testing.tiny import FAMILIES, build_tiny, tiny_image
 
-NAMED_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma", "gemma3")
-WORDS = "red blue green cat dog bird circle square small large left right".split()
+NAMED_FAMILIES = (
+    "llava",
+    "llava_next",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "idefics3",
+    "smolvlm",
+    "paligemma",
+    "gemma3",
+)
+WORDS = ["red", "blue", "green", "cat", "dog", "bird", "circle", "square", "small", "large", "left", "right"]
 
 
 def make_demos(k: int, seed: int = 0) -> list[Demo]:

@@ -24,7 +24,10 @@ def n_image_tokens(aim, inputs) -> int:
 def test_prompt_layout_across_shots(aim, k):
     demos = make_demos(k)
     n_text = [len(aim.encoder.text_ids(d.text)) for d in demos]
-    built = {mode: aim.build_inputs(tiny_image(99), QUERY, demos if mode != "zero" else [], mode) for mode in aim_modes()}
+    built = {
+        mode: aim.build_inputs(tiny_image(99), QUERY, demos if mode != "zero" else [], mode)
+        for mode in aim_modes()
+    }
     length = {mode: inputs["input_ids"].shape[1] for mode, inputs in built.items()}
     one_image = n_image_tokens(aim, built["zero"])
     assert one_image > 0
@@ -94,7 +97,10 @@ def test_zero_shot_inputs_are_the_processor_path(aim):
     template = aim.template
     text = template.prefix + template.image + QUERY + template.suffix
     reference = aim.encoder.processor(
-        text=[text], images=[tiny_image(5)], return_tensors="pt", add_special_tokens=template.add_special_tokens
+        text=[text],
+        images=[tiny_image(5)],
+        return_tensors="pt",
+        add_special_tokens=template.add_special_tokens,
     )
     built = aim.build_inputs(tiny_image(5), QUERY, [], "zero")
     assert torch.equal(built["input_ids"], reference["input_ids"])

@@ -14,7 +14,9 @@ VERBS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aim-icl", description="Many-shot multimodal ICL with AIM fused tokens.")
+    parser = argparse.ArgumentParser(
+        prog="aim-icl", description="Many-shot multimodal ICL with AIM fused tokens."
+    )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
     for verb, help_text in VERBS.items():
         module = importlib.import_module(f"aim_icl.commands.{verb}")

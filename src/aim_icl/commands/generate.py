@@ -39,6 +39,6 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("no --projector: fitting the copy map on the given demos (AIM then ≈ text-only demos)")
         aim.fit_projector(demos)
     print(
-        aim.generate(args.image, args.prompt, demos=demos, mode=args.mode, max_new_tokens=args.max_new_tokens)
+        aim.generate(query, args.prompt, demos=demos, mode=args.mode, max_new_tokens=args.max_new_tokens)
     )
     return 0

@@ -3,26 +3,27 @@
 ``build_tiny(family, seed)`` returns ``(model, processor)``: the family's real ``*ForConditionalGeneration``
 class (float32, ``.eval()``, ~0.2-0.3M parameters, built in ~0.1 s, weights a function of ``seed``) and the
 family's real processor class with its real PIL-backend image processor and a tiny BPE tokenizer (the real
-tokenizer class, the checkpoints' special tokens at checkpoint-like positions, byte fallback so any text
-tokenizes). Config ids (image / boi / eoi / vision-start / pad / bos / eos, ``vocab_size == len(tokenizer)``)
-agree with the tokenizer, and the processor's image-token count agrees with the model's.
+tokenizer class, the checkpoints' special tokens at checkpoint-like positions, byte fallback so that any
+text tokenizes). Config ids (image / boi / eoi / vision-start / pad / bos / eos, ``vocab_size ==
+len(tokenizer)``) agree with the tokenizer and the processor's image-token counts agree with the model's.
 
 Families (``FAMILIES``): ``llava``, ``llava_next``, ``qwen2_vl``, ``qwen2_5_vl``, ``idefics3``, ``smolvlm``,
 ``paligemma``, ``gemma3`` and the extras ``llava_onevision``, ``aya_vision``, ``mistral3``, ``qwen3_vl``,
-``internvl`` (``gemma3n`` is not provided).
+``internvl`` (no ``gemma3n``).
 
-``IMAGE_MARKER[family]`` is the text placing one image in a plain prompt. Every family has a chat template
-(``processor.apply_chat_template``) modelled on the real one except the base models ``llava_next`` and
-``paligemma``. PaliGemma's processor puts the image tokens first and ``<bos>`` after the last marker.
+``IMAGE_MARKER[family]`` is the text that places one image in a plain prompt. Every family has a chat
+template (``processor.apply_chat_template``) modelled on the real one, except the base models
+``llava_next`` and ``paligemma``. PaliGemma's processor puts the image tokens first and ``<bos>`` after the
+last marker; Gemma 3's expands ``<start_of_image>`` to ``\\n\\n<start_of_image><image_soft_token>*16...``.
 
-Overrides of ``build_tiny``: ``real_geometry=True`` (``llava_next``, ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``)
-keeps the checkpoints' image geometry with tiny width/depth (672x672 -> 2,928 LLaVA-Next image tokens,
-448x448 -> 256 Qwen2/2.5-VL tokens, 196 Qwen3-VL tokens); ``text_config={...}`` / ``vision_config={...}`` are
-merged into the sub-configs (keep the vision geometry or the processor will disagree); any other keyword is
-passed to the top-level config.
+Overrides of ``build_tiny``: ``real_geometry=True`` (``llava_next``, ``qwen2_vl``, ``qwen2_5_vl``,
+``qwen3_vl``) keeps the checkpoints' image geometry with tiny width/depth (a 672x672 image costs 2,928
+LLaVA-Next tokens; 448x448 costs 256 Qwen2/2.5-VL tokens, 196 Qwen3-VL tokens); ``text_config={...}`` /
+``vision_config={...}`` are merged into the sub-configs (keep the vision geometry, or the processor will
+disagree with the model); any other keyword goes to the top-level config.
 
-Caveat: the processors of video-capable families (Qwen*-VL, SmolVLM, LLaVA-OneVision, InternVL) are
-subclasses, of the same name, that take no video processor (the real one needs torchvision), and Mistral 3's
+Caveat: the processors of the video-capable families (Qwen*-VL, SmolVLM, LLaVA-OneVision, InternVL) are
+same-name subclasses that take no video processor (the real one needs torchvision), and Mistral 3's
 ``PixtralProcessor`` is imported against the PIL image module; without torchvision a saved copy of these
 processors cannot be reloaded with ``AutoProcessor`` (models and tokenizers round-trip fine).
 
@@ -41,60 +42,21 @@ from importlib.util import find_spec
 
 import numpy as np
 import torch
+import transformers as tf  # lazy: a family's modules are imported when it is first built
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import (
-    AyaVisionForConditionalGeneration,
-    AyaVisionProcessor,
-    CohereTokenizer,
-    Gemma3ForConditionalGeneration,
-    Gemma3Processor,
-    GemmaTokenizer,
-    GPT2Tokenizer,
-    Idefics3ForConditionalGeneration,
-    Idefics3Processor,
-    InternVLForConditionalGeneration,
-    InternVLProcessor,
-    LlamaTokenizer,
-    LlavaForConditionalGeneration,
-    LlavaNextForConditionalGeneration,
-    LlavaNextProcessor,
-    LlavaOnevisionForConditionalGeneration,
-    LlavaOnevisionProcessor,
-    LlavaProcessor,
-    Mistral3ForConditionalGeneration,
-    PaliGemmaForConditionalGeneration,
-    PaliGemmaProcessor,
-    PreTrainedTokenizerFast,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
-    Qwen2Tokenizer,
-    Qwen2VLForConditionalGeneration,
-    Qwen2VLProcessor,
-    Qwen3VLForConditionalGeneration,
-    Qwen3VLProcessor,
-    SmolVLMForConditionalGeneration,
-    SmolVLMProcessor,
-)
-from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
-from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
-from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
-from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
-from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-    LlavaOnevisionImageProcessorPil,
-)
-from transformers.models.pixtral import image_processing_pil_pixtral
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
-from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 
 __all__ = ["FAMILIES", "IMAGE_MARKER", "build_tiny", "tiny_image"]
 
+
+def _t(tokens: str) -> tuple[str, ...]:
+    return tuple(tokens.split())
+
+
 # ---------------------------------------------------------------------------------------------- tokenizers
 
-_WORDS = (  # noqa: SIM905 - one token each, bare and space-prefixed
+_WORDS = _t(
     "the a an of and or to in on at for with from by as is are was were be been it its this that these those "
     "there here what which who where when why how yes no not do does can could will would should has have "
     "image images picture photo shows show see look looks describe caption question answer example examples "
@@ -105,13 +67,13 @@ _WORDS = (  # noqa: SIM905 - one token each, bare and space-prefixed
     "sitting standing holding wearing looking running eating playing riding next near front behind "
     "label class category true false same different other first second third last new old good bad "
     "USER ASSISTANT User Assistant Question Answer The What How Is A"
-).split()
+)
 
 
 def _bpe(prefix: str, base: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Vocab = ``base`` + the prefix closure of ``_WORDS`` (bare and ``prefix``-ed); merges = every split of a
-    vocab token into two vocab tokens, shortest first. As the leftmost piece of a word is always a prefix of
-    it, BPE always reaches the whole word; any other text falls back to characters / bytes."""
+    vocab token into two vocab tokens, shortest first. The leftmost piece of a word is always a prefix of it,
+    so BPE always reaches the whole word; any other text falls back to characters / bytes."""
     toks = dict.fromkeys(base)
     for word in _WORDS:
         for w in (word, prefix + word):
@@ -124,20 +86,18 @@ def _bpe(prefix: str, base: list[str]) -> tuple[dict[str, int], list[tuple[str, 
 
 
 def _tokenizer(cls, style: str, head=(), tail=(), plain=(), **kwargs):
-    """A real tokenizer class over a tiny BPE. ``style``: "byte" (GPT-2 / Qwen / Llama-3 / Cohere byte-level)
-    or "spm" (Llama-2 / Gemma: "▁" word prefix plus byte fallback). Special tokens: ``head`` get the first ids,
-    ``tail`` the last ones, as in the checkpoints; ``plain`` tokens (added, not special) sit just before
-    ``tail``. ``kwargs`` (``bos_token=...``, ``image_token=...``, ``add_bos_token=...``) go to ``cls``."""
+    """The real tokenizer class ``cls`` over a tiny BPE. ``style``: "byte" (GPT-2 / Qwen / Llama-3 / Cohere
+    byte-level) or "spm" (Llama-2 / Gemma: "▁" word prefix and byte fallback). Special tokens: ``head`` take
+    the first ids and ``tail`` the last ones, as in the checkpoints; ``plain`` tokens (added, not special) sit
+    just before ``tail``. ``kwargs`` (``bos_token=...``, ``image_token=...``, ...) go to ``cls``."""
     if style == "byte":
         prefix, base = "Ġ", sorted(pre_tokenizers.ByteLevel.alphabet())
     else:
-        prefix = "▁"
-        base = (
-            [f"<0x{i:02X}>" for i in range(256)] + [chr(c) for c in range(33, 127)] + [prefix, "\n", "\n\n"]
-        )
+        prefix, base = "▁", [f"<0x{i:02X}>" for i in range(256)] + [chr(c) for c in range(33, 127)]
+        base += ["▁", "\n", "\n\n"]
     vocab, merges = _bpe(prefix, [*head, *base])
     vocab.update({t: len(vocab) + i for i, t in enumerate([*plain, *tail])})
-    if cls is PreTrainedTokenizerFast:  # checkpoints without a model-specific class (Llama 3, Tekken)
+    if cls is tf.PreTrainedTokenizerFast:  # checkpoints without a model-specific class (Llama 3, Tekken)
         backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = decoders.ByteLevel()
@@ -148,10 +108,12 @@ def _tokenizer(cls, style: str, head=(), tail=(), plain=(), **kwargs):
     extra = [t for t in (*head, *tail) if t not in named]
     tok.add_special_tokens({"additional_special_tokens": extra}, replace_extra_special_tokens=False)
     tok.add_tokens(list(plain))
-    assert all(tok.convert_tokens_to_ids(t) == vocab[t] for t in (*head, *plain, *tail)), (
-        "added-token ids moved"
-    )
+    moved = [t for t in (*head, *plain, *tail) if tok.convert_tokens_to_ids(t) != vocab[t]]
+    assert not moved, f"added-token ids moved: {moved}"
     return tok
+
+
+# ------------------------------------------------------------------------------------------ chat templates
 
 
 def _chat_template(turn: str, end: str, image: str, gen: str, head: str = "") -> str:
@@ -161,35 +123,36 @@ def _chat_template(turn: str, end: str, image: str, gen: str, head: str = "") ->
     return (
         f"{head}{{% for m in messages %}}{{% set role = m['role'] %}}{turn}"
         "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-        f"{{% if c['type'] == 'image' %}}{image}{{% elif c['type'] == 'text' %}}{{{{ c['text'] }}}}{{% endif %}}"
-        f"{{% endfor %}}{{% endif %}}{end}{{% endfor %}}{{% if add_generation_prompt %}}{gen}{{% endif %}}"
+        f"{{% if c['type'] == 'image' %}}{image}{{% elif c['type'] == 'text' %}}{{{{ c['text'] }}}}"
+        f"{{% endif %}}{{% endfor %}}{{% endif %}}{end}{{% endfor %}}"
+        f"{{% if add_generation_prompt %}}{gen}{{% endif %}}"
     )
 
 
 def _chatml(image: str, default_system: bool = False) -> str:
-    head = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    head = f"{{% if messages[0]['role'] != 'system' %}}{head}{{% endif %}}" if default_system else ""
+    system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    head = f"{{% if messages[0]['role'] != 'system' %}}{system}{{% endif %}}" if default_system else ""
     return _chat_template("<|im_start|>{{ role }}\n", "<|im_end|>\n", image, "<|im_start|>assistant\n", head)
 
 
 _QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
-_QWEN_TAIL = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
-    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
-    "<|image_pad|>", "<|video_pad|>",
-)  # fmt: skip
+_QWEN_TAIL = _t(
+    "<|endoftext|> <|im_start|> <|im_end|> <|object_ref_start|> <|object_ref_end|> <|box_start|> <|box_end|> "
+    "<|quad_start|> <|quad_end|> <|vision_start|> <|vision_end|> <|vision_pad|> <|image_pad|> <|video_pad|>"
+)
 _IDEFICS_TAIL = (
-    "<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>",
+    *_t("<fake_token_around_image> <image> <end_of_utterance> <global-img>"),
     *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)),
-)  # fmt: skip
+)
 _IDEFICS_TEMPLATE = _chat_template(
-    "{{ role | capitalize }}{{ ':' if m['content'] is not string and m['content'][0]['type'] == 'image' else ': ' }}",
+    "{{ role | capitalize }}{{ ':' if m['content'] is not string and m['content'][0]['type'] == 'image' "
+    "else ': ' }}",
     "<end_of_utterance>\n",
     "<image>",
     "Assistant:",
     head="<|im_start|>",
 )
-_GEMMA_HEAD = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>")
+_GEMMA_HEAD = _t("<pad> <eos> <bos> <unk> <mask> <start_of_turn> <end_of_turn>")
 _GEMMA_TEMPLATE = _chat_template(
     "<start_of_turn>{{ 'model' if role == 'assistant' else role }}\n",
     "<end_of_turn>\n",
@@ -197,6 +160,9 @@ _GEMMA_TEMPLATE = _chat_template(
     "<start_of_turn>model\n",
     head="{{ bos_token }}",
 )
+
+
+# -------------------------------------------------------------------------------------- processor helpers
 
 
 @functools.cache
@@ -216,13 +182,14 @@ def _image_only(cls):
 def _pixtral_processor():
     """``PixtralProcessor``: its module imports the torchvision image processor for one helper, which the
     PIL image module also has, so without torchvision it is imported against a stand-in module."""
-    name = "transformers.models.pixtral.image_processing_pixtral"
+    name, module = "transformers.models.pixtral.image_processing_pixtral", "transformers.models.pixtral."
     if name in sys.modules or find_spec("torchvision") is not None:
-        return importlib.import_module("transformers.models.pixtral.processing_pixtral").PixtralProcessor
+        return importlib.import_module(module + "processing_pixtral").PixtralProcessor
     sys.modules[name] = stand_in = types.ModuleType(name)
-    stand_in.get_resize_output_image_size = image_processing_pil_pixtral.get_resize_output_image_size
+    pil = importlib.import_module(module + "image_processing_pil_pixtral")
+    stand_in.get_resize_output_image_size = pil.get_resize_output_image_size
     try:
-        return importlib.import_module("transformers.models.pixtral.processing_pixtral").PixtralProcessor
+        return importlib.import_module(module + "processing_pixtral").PixtralProcessor
     finally:
         del sys.modules[name]
 
@@ -255,20 +222,13 @@ def _vision(model_type: str, image_size, patch_size, **kw) -> dict:
 
 
 def _llava():
-    tok = _tokenizer(
-        LlamaTokenizer,
-        "spm",
-        ("<unk>", "<s>", "</s>"),
-        ("<image>", "<pad>"),
-        pad_token="<pad>",
-        add_bos_token=True,
-    )
-    ip = LlavaImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    """llava-1.5 (Vicuna / Llama-2 tokenizer), CLIP 32/8: 16 image tokens; USER:/ASSISTANT: chat template."""
+    special = dict(pad_token="<pad>", add_bos_token=True)
+    tok = _tokenizer(tf.LlamaTokenizer, "spm", _t("<unk> <s> </s>"), _t("<image> <pad>"), **special)
+    ip = tf.LlavaImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     template = _chat_template("{{ role | upper }}: ", " ", "<image>\n", "ASSISTANT:")
-    proc = LlavaProcessor(
-        ip, tok, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template=template,
-    )  # fmt: skip
+    geometry = dict(patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    proc = tf.LlavaProcessor(ip, tok, chat_template=template, **geometry)
     cfg = dict(
         text_config=_text("llama", tok),
         vision_config=_vision("clip_vision_model", 32, 8),
@@ -276,24 +236,21 @@ def _llava():
         image_seq_length=16,
         vision_feature_select_strategy="default",
     )
-    return LlavaForConditionalGeneration, cfg, proc
+    return tf.LlavaForConditionalGeneration, cfg, proc
 
 
 def _llava_next(real_geometry: bool = False):
     """llava-v1.6-mistral layout; ``real_geometry``: CLIP 336/14 and the v1.6 grid pinpoints."""
-    tok = _tokenizer(
-        LlamaTokenizer, "spm", ("<unk>", "<s>", "</s>"), ("<image>",), pad_token="<unk>", add_bos_token=True
-    )
+    special = dict(pad_token="<unk>", add_bos_token=True)
+    tok = _tokenizer(tf.LlamaTokenizer, "spm", _t("<unk> <s> </s>"), ("<image>",), **special)
     size, patch = (336, 14) if real_geometry else (32, 8)
     pinpoints = [[a * size, b * size] for a, b in ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))]
-    ip = LlavaNextImageProcessorPil(
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
-        image_grid_pinpoints=pinpoints,
+    crop = {"height": size, "width": size}
+    ip = tf.LlavaNextImageProcessorPil(
+        size={"shortest_edge": size}, crop_size=crop, image_grid_pinpoints=pinpoints
     )
-    proc = LlavaNextProcessor(
-        ip, tok, patch_size=patch, vision_feature_select_strategy="default", num_additional_image_tokens=1
-    )
+    geometry = dict(patch_size=patch, vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    proc = tf.LlavaNextProcessor(ip, tok, **geometry)
     cfg = dict(
         text_config=_text("mistral", tok, sliding_window=None),
         vision_config=_vision("clip_vision_model", size, patch),
@@ -302,36 +259,33 @@ def _llava_next(real_geometry: bool = False):
         image_seq_length=(size // patch) ** 2,
         vision_feature_select_strategy="default",
     )
-    return LlavaNextForConditionalGeneration, cfg, proc
+    return tf.LlavaNextForConditionalGeneration, cfg, proc
 
 
 def _qwen_vl(version: str, real_geometry: bool = False):
     """Qwen2-VL / Qwen2.5-VL / Qwen3-VL; ``real_geometry``: the checkpoints' patch size and min/max pixels."""
-    tok = _tokenizer(
-        Qwen2Tokenizer, "byte", tail=_QWEN_TAIL, eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
+    special = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok = _tokenizer(tf.Qwen2Tokenizer, "byte", tail=_QWEN_TAIL, **special)
     if not real_geometry:
         patch, pixels = 8, (32 * 32, 64 * 64)
     elif version == "3":
         patch, pixels = 16, (65536, 16777216)
     else:
         patch, pixels = 14, (56 * 56, 28 * 28 * 16384)
-    ip = Qwen2VLImageProcessorPil(
-        patch_size=patch, merge_size=2, temporal_patch_size=2, size=dict(shortest_edge=pixels[0], longest_edge=pixels[1])
-    )  # fmt: skip
-    vision = dict(
-        depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=patch,
-        spatial_merge_size=2, temporal_patch_size=2,
-    )  # fmt: skip
+    geometry = dict(patch_size=patch, temporal_patch_size=2)
+    size = {"shortest_edge": pixels[0], "longest_edge": pixels[1]}
+    ip = tf.Qwen2VLImageProcessorPil(merge_size=2, size=size, **geometry)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64)
+    vision.update(spatial_merge_size=2, **geometry)
     rope, text = {"rope_type": "default", "mrope_section": [2, 3, 3]}, {}
     if version == "2":
-        model, proc_cls = Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+        model, proc_cls = tf.Qwen2VLForConditionalGeneration, tf.Qwen2VLProcessor
         vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
     elif version == "2.5":
-        model, proc_cls = Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+        model, proc_cls = tf.Qwen2_5_VLForConditionalGeneration, tf.Qwen2_5_VLProcessor
         vision.update(window_size=8 * patch, fullatt_block_indexes=[1])
     else:
-        model, proc_cls = Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+        model, proc_cls = tf.Qwen3VLForConditionalGeneration, tf.Qwen3VLProcessor
         vision.update(num_position_embeddings=2304 if real_geometry else 64, deepstack_visual_indexes=[0])
         rope, text = dict(rope, mrope_section=[4, 2, 2], mrope_interleaved=True), {"head_dim": 16}
     proc = _image_only(proc_cls)(ip, tok, chat_template=_chatml(_QWEN_IMAGE, default_system=version != "3"))
@@ -348,23 +302,31 @@ def _qwen_vl(version: str, real_geometry: bool = False):
 
 
 def _idefics(smol: bool):
-    """Idefics3 (Llama-3 tokenizer) / SmolVLM (SmolLM2 tokenizer): 32 px tiles, up to 2x2 + global image."""
+    """Idefics3 (Llama-3 tokenizer) / SmolVLM (SmolLM2 tokenizer): 32 px tiles of 4 tokens, up to 2x2 tiles
+    plus the global image."""
     if smol:
-        head = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+        special = dict(
+            bos_token="<|im_start|>",
+            eos_token="<end_of_utterance>",
+            pad_token="<|im_end|>",
+            unk_token="<|endoftext|>",
+        )
         tok = _tokenizer(
-            GPT2Tokenizer, "byte", head, _IDEFICS_TAIL, bos_token="<|im_start|>", eos_token="<end_of_utterance>",
-            pad_token="<|im_end|>", unk_token="<|endoftext|>",
-        )  # fmt: skip
-        ip_cls, proc_cls = SmolVLMImageProcessorPil, _image_only(SmolVLMProcessor)
-        model, vision_type = SmolVLMForConditionalGeneration, "smolvlm_vision"
+            tf.GPT2Tokenizer, "byte", _t("<|endoftext|> <|im_start|> <|im_end|>"), _IDEFICS_TAIL, **special
+        )
+        ip_cls, proc_cls = tf.SmolVLMImageProcessorPil, _image_only(tf.SmolVLMProcessor)
+        model, vision_type = tf.SmolVLMForConditionalGeneration, "smolvlm_vision"
     else:
-        tail = ("<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", *_IDEFICS_TAIL)
-        tok = _tokenizer(
-            PreTrainedTokenizerFast, "byte", tail=tail, bos_token="<|begin_of_text|>", eos_token="<end_of_utterance>",
-            pad_token="<|reserved_special_token_0|>", add_bos_token=True,
-        )  # fmt: skip
-        ip_cls, proc_cls = Idefics3ImageProcessorPil, Idefics3Processor
-        model, vision_type = Idefics3ForConditionalGeneration, "idefics3_vision"
+        tail = (*_t("<|begin_of_text|> <|end_of_text|> <|reserved_special_token_0|>"), *_IDEFICS_TAIL)
+        special = dict(
+            bos_token="<|begin_of_text|>",
+            eos_token="<end_of_utterance>",
+            pad_token="<|reserved_special_token_0|>",
+            add_bos_token=True,
+        )
+        tok = _tokenizer(tf.PreTrainedTokenizerFast, "byte", tail=tail, **special)
+        ip_cls, proc_cls = tf.Idefics3ImageProcessorPil, tf.Idefics3Processor
+        model, vision_type = tf.Idefics3ForConditionalGeneration, "idefics3_vision"
     ip = ip_cls(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
     proc = proc_cls(ip, tok, image_seq_len=4, chat_template=_IDEFICS_TEMPLATE)
     cfg = dict(
@@ -378,11 +340,12 @@ def _idefics(smol: bool):
 
 
 def _paligemma():
+    """PaliGemma 1 (Gemma tokenizer with the <locXXXX> / <segXXX> tokens), SigLIP 32/8: 16 image tokens."""
     plain = [f"<loc{i:04d}>" for i in range(1024)] + [f"<seg{i:03d}>" for i in range(128)]
-    tok = _tokenizer(GemmaTokenizer, "spm", _GEMMA_HEAD[:5], ("<image>",), plain, add_bos_token=True)
-    ip = SiglipImageProcessorPil(size={"height": 32, "width": 32})
+    tok = _tokenizer(tf.GemmaTokenizer, "spm", _GEMMA_HEAD[:5], ("<image>",), plain, add_bos_token=True)
+    ip = tf.SiglipImageProcessorPil(size={"height": 32, "width": 32})
     ip.image_seq_length = 16
-    proc = PaliGemmaProcessor(ip, tok)
+    proc = tf.PaliGemmaProcessor(ip, tok)
     cfg = dict(
         text_config=_text("gemma", tok, head_dim=16),
         vision_config=_vision("siglip_vision_model", 32, 8),
@@ -391,17 +354,16 @@ def _paligemma():
         projection_dim=64,
         hidden_size=64,
     )
-    return PaliGemmaForConditionalGeneration, cfg, proc
+    return tf.PaliGemmaForConditionalGeneration, cfg, proc
 
 
 def _gemma3():
-    tail = ("<start_of_image>", "<end_of_image>", "<image_soft_token>")
-    tok = _tokenizer(
-        GemmaTokenizer, "spm", _GEMMA_HEAD, tail, add_bos_token=True, boi_token=tail[0], eoi_token=tail[1],
-        image_token=tail[2],
-    )  # fmt: skip
-    ip = Gemma3ImageProcessorPil(size={"height": 64, "width": 64})
-    proc = Gemma3Processor(ip, tok, chat_template=_GEMMA_TEMPLATE, image_seq_length=16)
+    """Gemma 3, SigLIP 64/8 pooled to 16 soft tokens per image."""
+    boi, eoi, soft = tail = _t("<start_of_image> <end_of_image> <image_soft_token>")
+    special = dict(boi_token=boi, eoi_token=eoi, image_token=soft, add_bos_token=True)
+    tok = _tokenizer(tf.GemmaTokenizer, "spm", _GEMMA_HEAD, tail, **special)
+    ip = tf.Gemma3ImageProcessorPil(size={"height": 64, "width": 64})
+    proc = tf.Gemma3Processor(ip, tok, chat_template=_GEMMA_TEMPLATE, image_seq_length=16)
     cfg = dict(
         text_config=_text("gemma3_text", tok, head_dim=16, query_pre_attn_scalar=16, **_SLIDING),
         vision_config=_vision("siglip_vision_model", 64, 8),
@@ -410,21 +372,22 @@ def _gemma3():
         eoi_token_index=tok.eoi_token_id,
         image_token_index=tok.image_token_id,
     )
-    return Gemma3ForConditionalGeneration, cfg, proc
+    return tf.Gemma3ForConditionalGeneration, cfg, proc
+
+
+def _reinit_gemma3(model) -> None:
+    """Gemma 3's random init zeroes the multimodal projector, which would make all images look the same."""
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.02)
 
 
 def _llava_onevision():
-    tail = (*_QWEN_TAIL[:3], "<image>", "<video>")
-    tok = _tokenizer(Qwen2Tokenizer, "byte", tail=tail, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    """llava-onevision-qwen2 layout, SigLIP 32/8 (16 tokens per crop), anyres_max_9 over 32 px pinpoints."""
+    special = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok = _tokenizer(tf.Qwen2Tokenizer, "byte", tail=(*_QWEN_TAIL[:3], "<image>", "<video>"), **special)
     pinpoints = [[32 * a, 32 * b] for a in (1, 2, 3) for b in (1, 2, 3)]
-    ip = LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints)
-    proc = _image_only(LlavaOnevisionProcessor)(
-        ip,
-        tok,
-        num_image_tokens=16,
-        vision_feature_select_strategy="full",
-        chat_template=_chatml("<image>\n"),
-    )
+    ip = tf.LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints)
+    geometry = dict(num_image_tokens=16, vision_feature_select_strategy="full")
+    proc = _image_only(tf.LlavaOnevisionProcessor)(ip, tok, chat_template=_chatml("<image>\n"), **geometry)
     cfg = dict(
         text_config=_text("qwen2", tok),
         vision_config=_vision("siglip_vision_model", 32, 8),
@@ -434,17 +397,18 @@ def _llava_onevision():
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
     )
-    return LlavaOnevisionForConditionalGeneration, cfg, proc
+    return tf.LlavaOnevisionForConditionalGeneration, cfg, proc
 
 
 def _aya_vision():
-    head = ("<PAD>", "<UNK>", "<CLS>", "<SEP>", "<MASK_TOKEN>", "<BOS_TOKEN>", "<EOS_TOKEN>")
-    tail = (
-        "<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|CHATBOT_TOKEN|>", "<|SYSTEM_TOKEN|>",
-        "<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>",
-    )  # fmt: skip
-    tok = _tokenizer(CohereTokenizer, "byte", head, tail, ("TILE", "TILE_GLOBAL"), add_bos_token=True)
-    ip = GotOcr2ImageProcessorPil(size={"height": 32, "width": 32}, crop_to_patches=True, max_patches=4)
+    """Aya Vision (Cohere tokenizer, Cohere2 text model), 32 px tiles of 4 tokens, up to 4 tiles + global."""
+    head = _t("<PAD> <UNK> <CLS> <SEP> <MASK_TOKEN> <BOS_TOKEN> <EOS_TOKEN>")
+    tail = _t(
+        "<|START_OF_TURN_TOKEN|> <|END_OF_TURN_TOKEN|> <|USER_TOKEN|> <|CHATBOT_TOKEN|> <|SYSTEM_TOKEN|> "
+        "<|START_OF_IMG|> <|END_OF_IMG|> <|IMG_PATCH|> <|IMG_LINE_BREAK|>"
+    )
+    tok = _tokenizer(tf.CohereTokenizer, "byte", head, tail, _t("TILE TILE_GLOBAL"), add_bos_token=True)
+    ip = tf.GotOcr2ImageProcessorPil(size={"height": 32, "width": 32}, crop_to_patches=True, max_patches=4)
     template = _chat_template(
         "<|START_OF_TURN_TOKEN|><|{{ {'assistant': 'CHATBOT'}.get(role, role | upper) }}_TOKEN|>",
         "<|END_OF_TURN_TOKEN|>",
@@ -452,29 +416,29 @@ def _aya_vision():
         "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
         head="{{ bos_token }}",
     )
-    proc = AyaVisionProcessor(ip, tok, patch_size=8, img_size=32, downsample_factor=2, chat_template=template)
+    proc = tf.AyaVisionProcessor(
+        ip, tok, patch_size=8, img_size=32, downsample_factor=2, chat_template=template
+    )
     cfg = dict(
         text_config=_text("cohere2", tok, **_SLIDING),
         vision_config=_vision("siglip_vision_model", 32, 8),
         image_token_index=proc.image_token_id,
         downsample_factor=2,
     )
-    return AyaVisionForConditionalGeneration, cfg, proc
+    return tf.AyaVisionForConditionalGeneration, cfg, proc
 
 
 def _mistral3():
-    head = (
-        "<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]",
-        "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]", "[PREFIX]", "[MIDDLE]",
-        "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]",
-    )  # fmt: skip
-    tok = _tokenizer(
-        PreTrainedTokenizerFast, "byte", head, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        pad_token="<pad>", add_bos_token=True,
-    )  # fmt: skip
-    ip = image_processing_pil_pixtral.PixtralImageProcessorPil(
-        size={"longest_edge": 64}, patch_size={"height": 8, "width": 8}
+    """Mistral Small 3.1 layout (Tekken-style tokenizer, [IMG]=10), Pixtral 8 px patches merged 2x2."""
+    head = _t(
+        "<unk> <s> </s> [INST] [/INST] [AVAILABLE_TOOLS] [/AVAILABLE_TOOLS] [TOOL_RESULTS] [/TOOL_RESULTS] "
+        "[TOOL_CALLS] [IMG] <pad> [IMG_BREAK] [IMG_END] [PREFIX] [MIDDLE] [SUFFIX] [SYSTEM_PROMPT] [/SYSTEM_PROMPT]"
     )
+    special = dict(
+        bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", add_bos_token=True
+    )
+    tok = _tokenizer(tf.PreTrainedTokenizerFast, "byte", head, **special)
+    ip = tf.PixtralImageProcessorPil(size={"longest_edge": 64}, patch_size={"height": 8, "width": 8})
     template = _chat_template(
         "{{ {'user': '[INST]', 'system': '[SYSTEM_PROMPT]'}.get(role, '') }}",
         "{{ {'user': '[/INST]', 'system': '[/SYSTEM_PROMPT]'}.get(role, eos_token) }}",
@@ -489,17 +453,23 @@ def _mistral3():
         image_token_index=proc.image_token_id,
         spatial_merge_size=2,
     )
-    return Mistral3ForConditionalGeneration, cfg, proc
+    return tf.Mistral3ForConditionalGeneration, cfg, proc
 
 
 def _internvl():
-    tail = (*_QWEN_TAIL[:3], "<img>", "</img>", "<IMG_CONTEXT>", "<video>")
-    tok = _tokenizer(
-        Qwen2Tokenizer, "byte", tail=tail, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        start_image_token="<img>", end_image_token="</img>", context_image_token="<IMG_CONTEXT>", video_token="<video>",
-    )  # fmt: skip
-    ip = GotOcr2ImageProcessorPil(size={"height": 32, "width": 32}, crop_to_patches=True, max_patches=4)
-    proc = _image_only(InternVLProcessor)(
+    """InternVL3-hf layout (Qwen2 tokenizer), 32 px tiles of 4 tokens, up to 4 tiles + thumbnail."""
+    tail = (*_QWEN_TAIL[:3], *_t("<img> </img> <IMG_CONTEXT> <video>"))
+    special = dict(
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        start_image_token="<img>",
+        end_image_token="</img>",
+        context_image_token="<IMG_CONTEXT>",
+        video_token="<video>",
+    )
+    tok = _tokenizer(tf.Qwen2Tokenizer, "byte", tail=tail, **special)
+    ip = tf.GotOcr2ImageProcessorPil(size={"height": 32, "width": 32}, crop_to_patches=True, max_patches=4)
+    proc = _image_only(tf.InternVLProcessor)(
         ip, tok, image_seq_length=4, chat_template=_chatml("<IMG_CONTEXT>\n")
     )
     cfg = dict(
@@ -509,13 +479,10 @@ def _internvl():
         image_seq_length=4,
         downsample_ratio=0.5,
     )
-    return InternVLForConditionalGeneration, cfg, proc
+    return tf.InternVLForConditionalGeneration, cfg, proc
 
 
-def _reinit_gemma3(model) -> None:
-    """Gemma 3's random init zeroes the multimodal projector, which would make every image look the same."""
-    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.02)
-
+# -------------------------------------------------------------------------------------------- public API
 
 _BUILDERS = {
     "llava": _llava,
@@ -532,7 +499,7 @@ _BUILDERS = {
     "qwen3_vl": functools.partial(_qwen_vl, "3"),
     "internvl": _internvl,
 }
-_REAL_GEOMETRY = {"llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+_REAL_GEOMETRY = ("llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 _POST_INIT = {"gemma3": _reinit_gemma3}
 
 FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
@@ -564,7 +531,7 @@ def build_tiny(family: str, seed: int = 0, **overrides):
     kwargs = {}
     if overrides.pop("real_geometry", False):
         if family not in _REAL_GEOMETRY:
-            raise ValueError(f"real_geometry is only supported for {sorted(_REAL_GEOMETRY)}")
+            raise ValueError(f"real_geometry is only supported for {_REAL_GEOMETRY}, not {family!r}")
         kwargs["real_geometry"] = True
     model_cls, cfg, processor = _BUILDERS[family](**kwargs)
     for key in ("text_config", "vision_config"):
@@ -592,71 +559,66 @@ def tiny_image(seed: int = 0, size: tuple[int, int] = (48, 32), mode: str = "RGB
 # ---------------------------------------------------------------------------------------------- self-check
 
 
-def _image_token_id(config) -> int:
-    return (
-        config.image_token_id
-        if getattr(config, "image_token_id", None) is not None
-        else config.image_token_index
-    )
+def _count_image_tokens(model, inputs) -> int:
+    config = model.config
+    image_id = getattr(config, "image_token_id", None)
+    image_id = config.image_token_index if image_id is None else image_id
+    return int((inputs["input_ids"] == image_id).sum())
 
 
 def _self_check() -> None:
-    """Build every family and check processor + forward + generate with one and two images, the chat
-    template, image sensitivity and seed determinism; then the real-geometry token counts."""
+    """Every family: processor + forward + greedy generate with one image, two images and the chat template;
+    images change the logits; same seed, same weights; other seed, other weights. Then real geometry."""
     img, img2 = tiny_image(0), tiny_image(1)
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this?"}]}]
     for family in FAMILIES:
-        t0 = time.perf_counter()
+        start = time.perf_counter()
         model, proc = build_tiny(family)
-        build_s = time.perf_counter() - t0
-        marker, image_id = IMAGE_MARKER[family], _image_token_id(model.config)
+        build_s = time.perf_counter() - start
+        marker = IMAGE_MARKER[family]
         assert model.config.get_text_config().vocab_size == len(proc.tokenizer)
         prompts = [
             (f"{marker}what is in this image?", [img]),
             (f"{marker}a cat. {marker}a dog. the", [img, img2]),
         ]
         if proc.chat_template:
-            msgs = [
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this?"}]}
-            ]
             prompts.append(
                 (proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False), [img])
             )
-        counts = []
+        counts, logits = [], []
         with torch.no_grad():
             for text, images in prompts:
                 inputs = proc(text=text, images=images, return_tensors="pt")
-                counts.append(int((inputs["input_ids"] == image_id).sum()))
-                logits = model(**inputs).logits
+                counts.append(_count_image_tokens(model, inputs))
+                model(**inputs)
                 out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
                 assert out.shape[1] == inputs["input_ids"].shape[1] + 3, family
-            other = model(**proc(text=prompts[0][0], images=[img2], return_tensors="pt")).logits
-        ref = model(**proc(text=prompts[0][0], images=[img], return_tensors="pt")).logits
-        assert not torch.allclose(ref, other), f"{family}: the image does not affect the logits"
-        del logits
-        same, other_seed = build_tiny(family)[0].state_dict(), build_tiny(family, seed=1)[0].state_dict()
-        state = model.state_dict()
-        assert all(torch.equal(v, same[k]) for k, v in state.items()), f"{family}: not deterministic"
-        assert any(not torch.equal(v, other_seed[k]) for k, v in state.items()), f"{family}: seed ignored"
-        params = sum(p.numel() for p in model.parameters())
-        print(
-            f"{family:16s} build {build_s:.2f}s  params {params / 1e3:6.0f}K  vocab {len(proc.tokenizer):5d}  "
-            f"image tokens (1 img, 2 imgs, chat) {counts}"
+            for image in (img, img2):
+                logits.append(model(**proc(text=prompts[0][0], images=[image], return_tensors="pt")).logits)
+        assert not torch.allclose(*logits), f"{family}: the image does not affect the logits"
+        state, same, other = (
+            m.state_dict() for m in (model, build_tiny(family)[0], build_tiny(family, 1)[0])
         )
-    for family, size, expected in [
+        assert all(torch.equal(v, same[k]) for k, v in state.items()), f"{family}: not deterministic"
+        assert not all(torch.equal(v, other[k]) for k, v in state.items()), f"{family}: seed ignored"
+        params = sum(p.numel() for p in model.parameters()) / 1e3
+        print(
+            f"{family:16s} build {build_s:.2f}s  {params:4.0f}K params  image tokens (1, 2 images, chat) {counts}"
+        )
+    for family, side, expected in [
         ("llava_next", 672, 2928),
         ("qwen2_vl", 448, 256),
         ("qwen2_5_vl", 448, 256),
         ("qwen3_vl", 448, 196),
     ]:
         model, proc = build_tiny(family, real_geometry=True)
-        inputs = proc(
-            text=f"{IMAGE_MARKER[family]}describe", images=[tiny_image(0, (size, size))], return_tensors="pt"
-        )
-        n = int((inputs["input_ids"] == _image_token_id(model.config)).sum())
+        image = tiny_image(0, (side, side))
+        inputs = proc(text=f"{IMAGE_MARKER[family]}describe", images=[image], return_tensors="pt")
         with torch.no_grad():
             model(**inputs)
+        n = _count_image_tokens(model, inputs)
         assert n == expected, (family, n, expected)
-        print(f"{family:16s} real geometry: {size}x{size} image -> {n} image tokens")
+        print(f"{family:16s} real geometry: a {side}x{side} image costs {n} image tokens")
 
 
 if __name__ == "__main__":
