@@ -10,6 +10,7 @@ from aim_icl.errors import AIMError
 
 VERBS = {
     "generate": "answer one query with demonstrations in any mode",
+    "demo": "the main job on the embedded default",
 }
 
 

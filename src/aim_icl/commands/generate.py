@@ -38,7 +38,5 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "aim" and args.projector is None and demos:
         logger.warning("no --projector: fitting the copy map on the given demos (AIM then ≈ text-only demos)")
         aim.fit_projector(demos)
-    print(
-        aim.generate(query, args.prompt, demos=demos, mode=args.mode, max_new_tokens=args.max_new_tokens)
-    )
+    print(aim.generate(query, args.prompt, demos=demos, mode=args.mode, max_new_tokens=args.max_new_tokens))
     return 0

@@ -432,7 +432,8 @@ def _mistral3():
     """Mistral Small 3.1 layout (Tekken-style tokenizer, [IMG]=10), Pixtral 8 px patches merged 2x2."""
     head = _t(
         "<unk> <s> </s> [INST] [/INST] [AVAILABLE_TOOLS] [/AVAILABLE_TOOLS] [TOOL_RESULTS] [/TOOL_RESULTS] "
-        "[TOOL_CALLS] [IMG] <pad> [IMG_BREAK] [IMG_END] [PREFIX] [MIDDLE] [SUFFIX] [SYSTEM_PROMPT] [/SYSTEM_PROMPT]"
+        "[TOOL_CALLS] [IMG] <pad> [IMG_BREAK] [IMG_END] [PREFIX] [MIDDLE] [SUFFIX] [SYSTEM_PROMPT] "
+        "[/SYSTEM_PROMPT]"
     )
     special = dict(
         bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", add_bos_token=True
@@ -568,7 +569,8 @@ def _count_image_tokens(model, inputs) -> int:
 
 def _self_check() -> None:
     """Every family: processor + forward + greedy generate with one image, two images and the chat template;
-    images change the logits; same seed, same weights; other seed, other weights. Then real geometry."""
+    images change the logits; same seed, same weights; other seed, other weights. Prints the image-token
+    counts of (1 image, 2 images, chat template with 1 image). Then the real-geometry token counts."""
     img, img2 = tiny_image(0), tiny_image(1)
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this?"}]}]
     for family in FAMILIES:
@@ -602,9 +604,7 @@ def _self_check() -> None:
         assert all(torch.equal(v, same[k]) for k, v in state.items()), f"{family}: not deterministic"
         assert not all(torch.equal(v, other[k]) for k, v in state.items()), f"{family}: seed ignored"
         params = sum(p.numel() for p in model.parameters()) / 1e3
-        print(
-            f"{family:16s} build {build_s:.2f}s  {params:4.0f}K params  image tokens (1, 2 images, chat) {counts}"
-        )
+        print(f"{family:16s} built in {build_s:.2f}s, {params:.0f}K params, image tokens {counts}")
     for family, side, expected in [
         ("llava_next", 672, 2928),
         ("qwen2_vl", 448, 256),
