@@ -37,7 +37,9 @@ def test_generate_prints_an_answer(saved, mode, capsys):
 
 
 def test_bad_input_is_one_error_line(saved, capsys):
-    code = main(["generate", "--model", str(saved / "model"), "--image", str(saved / "none.png"), "--prompt", "x"])
+    code = main(
+        ["generate", "--model", str(saved / "model"), "--image", str(saved / "none.png"), "--prompt", "x"]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("aim-icl generate: error: image not found") and "\n" not in err

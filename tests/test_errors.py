@@ -96,6 +96,8 @@ def test_a_model_without_the_image_convention_is_named():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     _, processor = build_tiny("llava")
-    lm = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2))
+    lm = LlamaForCausalLM(
+        LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    )
     with pytest.raises(AIMError, match="missing config.image_token_id"):
         AIM(lm, processor)
