@@ -81,3 +81,67 @@ def test_image_prompt_tokens_match_features_and_reach_the_lm(smollm2):
     last_a = gen.logits[0][0]  # the prefill's last-position logits, i.e. a plain forward on prompt a
     assert last_a.shape == last_b.shape == (len(processor.tokenizer),) and torch.isfinite(last_a).all()
     assert not torch.allclose(last_a, last_b)  # the image features reach the LM
+
+
+# -- AIM through the real tokenizer, chat template and language model -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def aim(smollm2):
+    from aim_icl import AIM
+
+    return AIM(*smollm2)
+
+
+def test_aim_reads_the_chat_template(aim):
+    assert aim.template.prefix == SYSTEM + "<|im_start|>user\n"
+    assert aim.template.image == "<image>"
+    assert aim.template.suffix == "<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_fused_slots_sit_where_the_demo_text_would(aim):
+    from aim_icl import Demo
+
+    demos = [Demo(_image(1), "The password is tulip."), Demo(_image(2), "The door is red.")]
+    text = aim.build_inputs(_image(3), "What is the password?", demos, "text")
+    fused = aim.build_inputs(_image(3), "What is the password?", demos, "aim")
+    tok = aim.encoder.tokenizer
+    expected = (
+        aim.template.prefix
+        + "The password is tulip.\nThe door is red.\n"
+        + "<image>" * 16
+        + "What is the password?"
+        + aim.template.suffix
+    )
+    assert tok.decode(text["input_ids"][0]) == expected
+    slots = (fused["input_ids"] != text["input_ids"])[0].nonzero().flatten()
+    demo_ids = torch.cat([aim.encoder.text_ids(d.text) for d in demos])
+    assert torch.equal(text["input_ids"][0, slots], demo_ids)  # the slots are exactly the demo texts' tokens
+    assert torch.equal(fused["input_ids"][0, slots], torch.full_like(demo_ids, aim.encoder.placeholder_id))
+
+
+def test_zero_mode_answers_a_plain_question(aim):
+    assert (
+        "paris"
+        in aim.generate(None, "What is the capital of France?", mode="zero", max_new_tokens=10).lower()
+    )
+
+
+def test_text_mode_reads_the_demo(aim):
+    from aim_icl import Demo
+
+    demos = [Demo(_image(1), "The password is tulip.")]
+    answer = aim.generate(_image(2), "What is the password?", demos, mode="text", max_new_tokens=10)
+    assert "tulip" in answer.lower()
+
+
+def test_projector_round_trips(aim, smollm2, tmp_path):
+    from aim_icl import AIM, Demo
+
+    aim.fit_projector([Demo(_image(i), f"Question: what is it? Answer: number {i}.") for i in range(6)])
+    aim.save_projector(tmp_path)
+    again = AIM(*smollm2, projector=tmp_path)
+    demo = Demo(_image(7), "The password is tulip.")
+    assert torch.equal(aim.aggregate(demo), again.aggregate(demo))
+    assert again.projector_config.backbone.model_type == "llava"
+    assert again.projector_config.backbone.hidden_size == 576

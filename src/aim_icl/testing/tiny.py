@@ -25,7 +25,8 @@ disagree with the model); any other keyword goes to the top-level config.
 Caveat: the processors of the video-capable families (Qwen*-VL, SmolVLM, LLaVA-OneVision, InternVL) are
 same-name subclasses that take no video processor (the real one needs torchvision), and Mistral 3's
 ``PixtralProcessor`` is imported against the PIL image module; without torchvision a saved copy of these
-processors cannot be reloaded with ``AutoProcessor`` (models and tokenizers round-trip fine).
+processors cannot be reloaded with ``AutoProcessor`` (models and tokenizers round-trip fine). Mistral 3 fails
+(a transformers bug) on images that shrink to a single image token, i.e. at most 16x16 px here.
 
 ``python -m aim_icl.testing.tiny`` runs a self-check of every family.
 """
@@ -45,7 +46,8 @@ import torch
 import transformers as tf  # lazy: a family's modules are imported when it is first built
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers.processing_utils import ProcessorMixin
+
+from aim_icl.core.loading import image_only_processor
 
 __all__ = ["FAMILIES", "IMAGE_MARKER", "build_tiny", "tiny_image"]
 
@@ -165,18 +167,7 @@ _GEMMA_TEMPLATE = _chat_template(
 # -------------------------------------------------------------------------------------- processor helpers
 
 
-@functools.cache
-def _image_only(cls):
-    """``cls`` (a processor that insists on a video processor, which needs torchvision) taking none: same
-    name, same behaviour on images and text."""
-
-    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
-        cls.__init__(self, image_processor, tokenizer, None, **kwargs)
-
-    attrs = {"__init__": __init__, "__module__": __name__, "__doc__": cls.__doc__}
-    if "apply_chat_template" in vars(cls):  # SmolVLM's override only reads the video processor's defaults
-        attrs["apply_chat_template"] = ProcessorMixin.apply_chat_template
-    return type(cls.__name__, (cls,), attrs)
+_image_only = functools.cache(image_only_processor)
 
 
 def _pixtral_processor():
@@ -275,17 +266,17 @@ def _qwen_vl(version: str, real_geometry: bool = False):
     geometry = dict(patch_size=patch, temporal_patch_size=2)
     size = {"shortest_edge": pixels[0], "longest_edge": pixels[1]}
     ip = tf.Qwen2VLImageProcessorPil(merge_size=2, size=size, **geometry)
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64)
-    vision.update(spatial_merge_size=2, **geometry)
+    name = {"2": "Qwen2VL", "2.5": "Qwen2_5_VL", "3": "Qwen3VL"}[version]
+    model, proc_cls = getattr(tf, f"{name}ForConditionalGeneration"), getattr(tf, f"{name}Processor")
+    vision = dict(depth=2, num_heads=2, spatial_merge_size=2, **geometry)
     rope, text = {"rope_type": "default", "mrope_section": [2, 3, 3]}, {}
-    if version == "2":
-        model, proc_cls = tf.Qwen2VLForConditionalGeneration, tf.Qwen2VLProcessor
+    if version == "2":  # Qwen2-VL calls the vision width embed_dim and the merger's output hidden_size
         vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
-    elif version == "2.5":
-        model, proc_cls = tf.Qwen2_5_VLForConditionalGeneration, tf.Qwen2_5_VLProcessor
-        vision.update(window_size=8 * patch, fullatt_block_indexes=[1])
     else:
-        model, proc_cls = tf.Qwen3VLForConditionalGeneration, tf.Qwen3VLProcessor
+        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=64)
+    if version == "2.5":
+        vision.update(window_size=8 * patch, fullatt_block_indexes=[1])
+    elif version == "3":
         vision.update(num_position_embeddings=2304 if real_geometry else 64, deepstack_visual_indexes=[0])
         rope, text = dict(rope, mrope_section=[4, 2, 2], mrope_interleaved=True), {"head_dim": 16}
     proc = _image_only(proc_cls)(ip, tok, chat_template=_chatml(_QWEN_IMAGE, default_system=version != "3"))
@@ -381,10 +372,10 @@ def _reinit_gemma3(model) -> None:
 
 
 def _llava_onevision():
-    """llava-onevision-qwen2 layout, SigLIP 32/8 (16 tokens per crop), anyres_max_9 over 32 px pinpoints."""
+    """llava-onevision-qwen2 layout, SigLIP 32/8 (16 tokens per crop), anyres_max_9, 32 px crops up to 2x2."""
     special = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok = _tokenizer(tf.Qwen2Tokenizer, "byte", tail=(*_QWEN_TAIL[:3], "<image>", "<video>"), **special)
-    pinpoints = [[32 * a, 32 * b] for a in (1, 2, 3) for b in (1, 2, 3)]
+    pinpoints = [[32 * a, 32 * b] for a in (1, 2) for b in (1, 2)]
     ip = tf.LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints)
     geometry = dict(num_image_tokens=16, vision_feature_select_strategy="full")
     proc = _image_only(tf.LlavaOnevisionProcessor)(ip, tok, chat_template=_chatml("<image>\n"), **geometry)
