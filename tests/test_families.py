@@ -33,7 +33,8 @@ def test_prompt_layout_across_shots(aim, k):
     assert one_image > 0
     # aim and text: exactly the query image, whatever k; icl: k + 1 images
     assert n_image_tokens(aim, built["aim"]) == n_image_tokens(aim, built["text"]) == one_image
-    assert n_image_tokens(aim, built["icl"]) == (k + 1) * one_image
+    images = [tiny_image(99)] + [d.image for d in demos]
+    assert n_image_tokens(aim, built["icl"]) == processor_image_tokens(aim, images)  # all k + 1 images
     # aim = zero + the demos' text tokens + one fixed separator per demo; text shares aim's layout
     assert length["aim"] == length["zero"] + sum(n_text) + k * separator_tokens(aim)
     assert length["text"] == length["aim"]
@@ -44,6 +45,13 @@ def test_prompt_layout_across_shots(aim, k):
         assert torch.allclose(built["aim"]["inputs_embeds"][fused_slots], fused, atol=1e-5)
     else:
         assert "inputs_embeds" not in built["aim"]
+
+
+def processor_image_tokens(aim, images) -> int:
+    """Image tokens the processor itself gives these images in one prompt (multi-image modes may shrink them)."""
+    text = aim.template.image * len(images)
+    inputs = aim.encoder.processor(text=[text], images=[images], return_tensors="pt")
+    return n_image_tokens(aim, inputs)
 
 
 def separator_tokens(aim) -> int:
@@ -173,3 +181,17 @@ def test_generate_in_every_mode(aim, mode):
     with torch.no_grad(), forwarding_inputs_embeds(aim.model):
         out = aim.model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=aim.encoder.pad_id)
     assert out.shape[1] > inputs["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("mode", aim_modes())
+def test_score_is_the_log_likelihood_of_each_candidate(aim, mode):
+    demos = make_demos(2) if mode != "zero" else []
+    candidates = ["red", "blue circle", "dog"]
+    scores = aim.score(tiny_image(5), QUERY, candidates, demos, mode=mode)
+    assert scores.shape == (3,) and (scores < 0).all()
+    for candidate, score in zip(candidates, scores):  # equals the loss of that answer alone, times its length
+        inputs = aim.build_batch([(tiny_image(5), QUERY, demos, candidate)], mode=mode, eos=False)
+        with torch.no_grad():
+            loss = aim.forward(inputs).loss
+        n = len(aim.encoder.text_ids(candidate))
+        assert torch.allclose(score, -loss * n, atol=1e-3)

@@ -134,8 +134,13 @@ class AIM:
         """
         return self.build_batch([(image, text, list(demos), target)], mode=mode)
 
-    def build_batch(self, queries: Sequence[tuple], mode: str = "aim") -> dict[str, torch.Tensor]:
-        """Batched `build_inputs`: `queries` holds `(image, text, demos, target_or_None)` tuples."""
+    def build_batch(
+        self, queries: Sequence[tuple], mode: str = "aim", eos: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Batched `build_inputs`: `queries` holds `(image, text, demos, target_or_None)` tuples.
+
+        Targets end with EOS unless `eos` is False (scoring candidate answers).
+        """
         if mode not in MODES:
             raise AIMError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         if mode == "aim":  # read every fresh demo of the batch in one batched pass
@@ -151,7 +156,7 @@ class AIM:
             prompts.append(
                 query_parts(self.template, query_image, text, [self._demo_parts(d, mode) for d in demos])
             )
-            targets.append(self._target_ids(target) if target is not None else None)
+            targets.append(None if target is None else self._target_ids(target, eos))
         if any(t is not None for t in targets) and not all(t is not None for t in targets):
             raise AIMError("give every query in a batch a target, or none")
         encoded = self.encoder.encode(prompts, targets if targets[0] is not None else None)
@@ -169,6 +174,22 @@ class AIM:
                 inputs["position_ids"] = self.backbone.positions(inputs)
             inputs.pop("input_ids")
         return self.model(**inputs, **kwargs)
+
+    @torch.no_grad()
+    def score(
+        self, image, text: str, candidates: Sequence[str], demos: Iterable[DemoLike] = (), mode: str = "aim"
+    ) -> torch.Tensor:
+        """Log-likelihood of each candidate answer after the prompt, summed over its tokens: (n_candidates,).
+
+        For closed answer sets (classification, ROC-AUC from yes/no scores); demos are read once for all candidates.
+        """
+        demos = list(demos)
+        inputs = self.build_batch([(image, text, demos, c) for c in candidates], mode=mode, eos=False)
+        logits = self.forward(inputs).logits[:, :-1].float()  # (B, T-1, vocab): position t predicts token t+1
+        labels = inputs["labels"][:, 1:]
+        mask = labels != -100
+        logprobs = logits.log_softmax(-1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        return (logprobs * mask).sum(-1)
 
     @torch.no_grad()
     def generate(
@@ -247,10 +268,10 @@ class AIM:
         out = self.model(**inputs, output_hidden_states=True, logits_to_keep=1)
         return out.hidden_states[self.layer]
 
-    def _target_ids(self, target: str) -> torch.Tensor:
+    def _target_ids(self, target: str, eos: bool) -> torch.Tensor:
         ids = self.encoder.text_ids(target)
-        eos = self.encoder.tokenizer.eos_token_id
-        return ids if eos is None else torch.cat([ids, torch.tensor([eos])])
+        eos_id = self.encoder.tokenizer.eos_token_id
+        return ids if eos_id is None or not eos else torch.cat([ids, torch.tensor([eos_id])])
 
     def _warn_if_unfitted(self) -> None:
         fitted = getattr(self.projector, "fitted", None)

@@ -112,7 +112,7 @@ class PromptEncoder:
         if any(images):
             if not all(images):
                 raise AIMError("a batch must give every prompt an image, or none")
-            kwargs["images"] = images if len(images) > 1 else images[0]
+            kwargs["images"] = images  # nested per prompt: some processors (OneVision) change mode on nesting
         try:
             out = self.processor(text=texts, return_tensors="pt", **kwargs)
         except (ValueError, TypeError, IndexError) as err:
