@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from aim_icl.core.backbone import Backbone, resolve_backbone
 from aim_icl.core.demo import Demo, DemoStates, load_image
@@ -71,14 +72,15 @@ class AIM:
 
     # -- reading demonstrations -------------------------------------------------------------------------------
 
-    def encode(self, demos: Sequence[Demo], batch_size: int = 8) -> list[DemoStates]:
+    def encode(self, demos: Sequence[Demo], batch_size: int = 8, progress: bool = False) -> list[DemoStates]:
         """Read demos through the frozen backbone: pre-projector hidden states over each demo's text tokens.
 
         Each demo is read as the model's normal single-image input, the query layout with the demo's text in the
         query's place. Batches are right-padded, so each row matches its one-by-one reading.
         """
         states: list[DemoStates] = []
-        for start in range(0, len(demos), batch_size):
+        starts = range(0, len(demos), batch_size)
+        for start in tqdm(starts, desc="reading demos", unit="batch", disable=not progress):
             batch = demos[start : start + batch_size]
             ids = [self.encoder.text_ids(d.text) for d in batch]
             prompts = [self._reading_parts(d, i) for d, i in zip(batch, ids)]
@@ -114,11 +116,10 @@ class AIM:
         if not hasattr(self.projector, "fit_copy"):
             raise AIMError(f"projector {type(self.projector).__name__} has no closed-form copy map to fit")
         read = [d for d in demos if isinstance(d, Demo)]
-        states = [d for d in demos if isinstance(d, DemoStates)] + self.encode(read, batch_size=batch_size)
+        states = [d for d in demos if isinstance(d, DemoStates)]
+        states += self.encode(read, batch_size=batch_size, progress=len(read) > 4 * batch_size)
         hidden = torch.cat([s.hidden for s in states]).float()
-        embeds = torch.cat(
-            [self.backbone.embed(s.token_ids.to(self.backbone.device)) for s in states]
-        ).float()
+        embeds = torch.cat([self.backbone.embed(s.token_ids) for s in states]).float()
         self.projector.fit_copy(hidden, embeds, ridge=ridge)
 
     # -- building prompts -------------------------------------------------------------------------------------

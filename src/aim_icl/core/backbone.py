@@ -61,7 +61,7 @@ class Backbone:
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings exactly as the model makes them (Gemma's sqrt(d) scaling included)."""
-        return self.model.get_input_embeddings()(input_ids)
+        return self.model.get_input_embeddings()(input_ids.to(self.device))
 
     def positions(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Explicit M-RoPE positions from `input_ids`, for a forward that must drop them."""
