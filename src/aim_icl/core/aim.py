@@ -89,7 +89,7 @@ class AIM:
             for row, (demo, token_ids) in enumerate(zip(batch, ids)):
                 pos = encoded.slot_positions[row][0]
                 states.append(
-                    DemoStates(hidden=hidden[row, pos].detach(), token_ids=token_ids, text=demo.text)
+                    DemoStates(hidden[row, pos].detach(), token_ids, demo.text, dict(demo.metadata))
                 )
         return states
 
@@ -203,7 +203,11 @@ class AIM:
         **kwargs,
     ) -> str:
         """Answer the query; returns the new tokens only, decoded."""
-        inputs = self.build_inputs(image, text, demos, mode)
+        return self.generate_from(self.build_inputs(image, text, demos, mode), max_new_tokens, **kwargs)
+
+    @torch.no_grad()
+    def generate_from(self, inputs: dict[str, torch.Tensor], max_new_tokens: int = 32, **kwargs) -> str:
+        """Generate from `build_inputs` output; `kwargs` go to `model.generate` (e.g. a prefix KV cache)."""
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("pad_token_id", self.encoder.pad_id)
         with forwarding_inputs_embeds(self.model):

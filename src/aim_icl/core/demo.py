@@ -30,12 +30,14 @@ class DemoStates:
     """A demo as the frozen backbone read it: pre-projector hidden states over its text tokens.
 
     This is what the Demonstration Bank stores; the projector is applied when a prompt is built, so a cache stays
-    valid when the projector is retrained. `token_ids` lets the same item serve `text` mode too.
+    valid when the projector is retrained. `token_ids` lets the same item serve `text` mode too; `metadata`
+    carries the demo's user metadata (id, label, source) through caches and selection.
     """
 
     hidden: torch.Tensor  # (n_text_tokens, hidden)
     token_ids: torch.Tensor  # (n_text_tokens,)
     text: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def load_image(image: ImageLike) -> Image.Image:
