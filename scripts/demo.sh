@@ -2,5 +2,5 @@
 # Install into .venv (if needed) and run the main job: `aim-icl demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-AIM_ICL_EXTRAS="${AIM_ICL_EXTRAS:-test}" bash scripts/setup.sh
+bash scripts/setup.sh
 exec .venv/bin/aim-icl demo "$@"

@@ -3,7 +3,7 @@
 # torch is pinned to the CPU build that lies on this kind of machine; an unpinned torch pulls a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${AIM_ICL_EXTRAS:-test}"
+extras="${AIM_ICL_EXTRAS:-test,train,eval}"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip

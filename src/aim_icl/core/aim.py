@@ -157,7 +157,7 @@ class AIM:
             prompts.append(
                 query_parts(self.template, query_image, text, [self._demo_parts(d, mode) for d in demos])
             )
-            targets.append(None if target is None else self._target_ids(target, eos))
+            targets.append(None if target is None else self._target_ids(text, target, eos))
         if any(t is not None for t in targets) and not all(t is not None for t in targets):
             raise AIMError("give every query in a batch a target, or none")
         encoded = self.encoder.encode(prompts, targets if targets[0] is not None else None)
@@ -273,8 +273,8 @@ class AIM:
         out = self.model(**inputs, output_hidden_states=True, logits_to_keep=1)
         return out.hidden_states[self.layer]
 
-    def _target_ids(self, target: str, eos: bool) -> torch.Tensor:
-        ids = self.encoder.text_ids(target)
+    def _target_ids(self, text: str, target: str, eos: bool) -> torch.Tensor:
+        ids = self.encoder.answer_ids(text + self.template.suffix, target)
         eos_id = self.encoder.tokenizer.eos_token_id
         return ids if eos_id is None or not eos else torch.cat([ids, torch.tensor([eos_id])])
 

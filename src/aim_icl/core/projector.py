@@ -112,7 +112,8 @@ def ridge_fit(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Ten
     xc, yc = x - x_mean, y - y_mean
     gram = xc.T @ xc  # (d, d)
     lam = ridge * gram.diagonal().mean().clamp_min(1e-12)
-    weight = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), xc.T @ yc).T  # (e, d)
+    eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    weight = torch.linalg.solve(gram + lam * eye, xc.T @ yc).T  # (e, d)
     bias = y_mean - weight @ x_mean
     return weight.float(), bias.float()
 

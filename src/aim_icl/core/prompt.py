@@ -102,6 +102,22 @@ class PromptEncoder:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return torch.tensor(ids, dtype=torch.long)
 
+    def answer_ids(self, context: str, answer: str) -> torch.Tensor:
+        """An answer's tokens as they follow `context` (what generation would produce), not as tokenized alone.
+
+        "Answer:" is followed by " yes" (the space belongs to the answer's first token in BPE vocabularies); a
+        context ending in whitespace (a chat turn's opening) is followed by the answer as written.
+        """
+        if not answer.strip():
+            raise AIMError("the target answer is empty; give some text to score or train on")
+        if context and not context[-1].isspace() and not answer[0].isspace():
+            answer = " " + answer
+        ids = self.tokenizer(context + answer, add_special_tokens=False)["input_ids"]
+        prefix = self.tokenizer(context, add_special_tokens=False)["input_ids"]
+        if ids[: len(prefix)] != prefix or len(ids) == len(prefix):  # a merge across the boundary
+            ids, prefix = self.tokenizer(answer.lstrip(), add_special_tokens=False)["input_ids"], []
+        return torch.tensor(ids[len(prefix) :], dtype=torch.long)
+
     def encode(self, prompts: list[list[Part]], targets: list[torch.Tensor] | None = None) -> Encoded:
         rendered = [self._render(parts) for parts in prompts]
         texts = [text for text, _, _ in rendered]

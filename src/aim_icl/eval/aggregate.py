@@ -1,0 +1,100 @@
+"""Result rows from prediction and stats records: one row per (mode, shots, metric), mean and std over trials.
+
+Row fields (other tools read them; keep the names): `task`, `mode`, `shots`, `metric`, `value` (mean over trials),
+`std` (population std over trials, as OpenFlamingo reports), `trials`, `values` (per trial), `prompt_tokens` (mean
+prompt length of the generation prompt), `peak_memory_mb` (largest over the row's cells and processes; see
+`memory.py` for what it measures), `memory` (what kind of peak), `latency_ms` (mean model time per query: prompt
+building, generation and candidate scoring; demo reading excluded), `demo_read_s` (time spent reading new demos
+through the backbone, `aim` mode), `throughput_qps` (queries per second of wall time, demo reading and image
+loading included, summed over processes), `queries`, `selection`, `seeds`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from aim_icl.eval.scoring import cell_scores
+from aim_icl.eval.task import Item, Task
+
+logger = logging.getLogger(__name__)
+
+
+def rows_from_records(
+    task: Task,
+    cells: Sequence,
+    queries: Sequence[Item],
+    predictions: list[dict],
+    stats: list[dict],
+    selection: str,
+) -> list[dict]:
+    items = {q.id: q for q in queries}
+    by_cell = defaultdict(list)
+    for record in predictions:
+        if record["id"] in items:
+            by_cell[(record["mode"], int(record["shots"]), int(record["trial"]))].append(record)
+    groups = defaultdict(list)  # (mode, shots) -> cells in trial order
+    for cell in cells:
+        groups[(cell.mode, cell.shots)].append(cell)
+    rows = []
+    for (mode, shots), group in groups.items():
+        records = [by_cell[(c.mode, c.shots, c.trial)] for c in group]
+        if any(len(r) < len(queries) for r in records):
+            logger.warning(
+                "%s %d-shot: some queries have no prediction yet; scores cover the rest", mode, shots
+            )
+        per_trial = [cell_scores(r, items, task) for r in records if r]
+        if not per_trial:
+            continue
+        cost = _cost(
+            [r for rs in records for r in rs], [s for s in stats if (s["mode"], s["shots"]) == (mode, shots)]
+        )
+        for metric in task.metric_names():
+            values = [scores[metric] for scores in per_trial]
+            rows.append(
+                {
+                    "task": task.name,
+                    "mode": mode,
+                    "shots": shots,
+                    "metric": metric,
+                    "value": _mean(values),
+                    "std": _std(values),
+                    "trials": len(values),
+                    "values": values,
+                    **cost,
+                    "queries": len(records[0]),
+                    "selection": selection if shots else None,
+                    "seeds": [c.seed for c in group],
+                }
+            )
+    return rows
+
+
+def _cost(records: list[dict], stats: list[dict]) -> dict:
+    """Prompt length and latency from the records; peak memory, demo reading and throughput from the stats."""
+    by_rank = defaultdict(lambda: [0, 0.0])  # process -> [queries, wall seconds]
+    for s in stats:
+        by_rank[s.get("rank", 0)][0] += s["queries"]
+        by_rank[s.get("rank", 0)][1] += s["wall_s"]
+    return {
+        "prompt_tokens": float(np.mean([r["prompt_tokens"] for r in records])),
+        "peak_memory_mb": max((s["peak_memory_mb"] for s in stats), default=float("nan")),
+        "memory": stats[0]["memory"] if stats else None,
+        "latency_ms": float(np.mean([r["latency_ms"] for r in records])),
+        "demo_read_s": float(sum(s["encode_s"] for s in stats)),
+        "throughput_qps": sum(n / wall for n, wall in by_rank.values() if wall > 0) or float("nan"),
+    }
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _std(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.std(finite)) if finite else float("nan")

@@ -1,0 +1,74 @@
+"""Pool demos in the form each mode needs; in `aim` mode each pool demo is read through the backbone once per run
+(or once ever, with a Demonstration Bank: its states then come from the bank file)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aim_icl.core.aim import AIM
+from aim_icl.core.demo import Demo, DemoStates
+from aim_icl.eval.memory import synchronize
+from aim_icl.eval.task import Item, Task
+
+
+@dataclass
+class PoolBank:
+    """A Demonstration Bank holding every pool demo; `keys[i]` is pool demo i's key in it."""
+
+    bank: object  # aim_icl.bank.DemoBank
+    keys: list[str]
+
+
+def open_pool_bank(path: str | Path, aim: AIM, task: Task, pool: list[Item], state) -> PoolBank:
+    """Open (or create) the bank and store the pool demos it lacks: the main process writes, then all read."""
+    from aim_icl.bank import DemoBank
+
+    demos = [task.demo(item) for item in pool]
+    if state.is_main_process:
+        with DemoBank(path, aim) as bank:
+            bank.add(demos)
+    state.wait_for_everyone()
+    bank = DemoBank(path, aim)
+    return PoolBank(bank, bank.add(demos, progress=False))  # all stored: only computes the keys
+
+
+class DemoSource:
+    """`text`/`icl` modes get `Demo` objects; `aim` gets cached `DemoStates` (pre-projector), keyed by pool index.
+
+    States are kept on the CPU, so GPU peak memory measures the prompts, not the cache; `encode_seconds` is the
+    time spent reading demos, reported apart from per-query latency.
+    """
+
+    def __init__(
+        self, aim: AIM, task: Task, pool: list[Item], bank: PoolBank | None = None, batch_size: int = 8
+    ):
+        self.aim, self.task, self.pool, self.batch_size = aim, task, pool, batch_size
+        self.bank = bank
+        self._states: dict[int, DemoStates] = {}
+        self.encode_seconds = 0.0
+
+    def demos(self, indices: list[int], mode: str) -> list[Demo | DemoStates]:
+        if mode == "aim":
+            return self.states(indices)
+        return [self.task.demo(self.pool[i]) for i in indices]
+
+    def states(self, indices: list[int]) -> list[DemoStates]:
+        missing = [i for i in dict.fromkeys(indices) if i not in self._states]
+        if missing and self.bank is not None:
+            self._states.update((i, self.bank.bank.get(self.bank.keys[i])) for i in missing)
+        elif missing:
+            start = time.perf_counter()
+            read = self.aim.encode(
+                [self.task.demo(self.pool[i]) for i in missing], batch_size=self.batch_size
+            )
+            for i, state in zip(missing, read):
+                self._states[i] = DemoStates(state.hidden.cpu(), state.token_ids.cpu(), state.text)
+            synchronize(self.aim.backbone.device)
+            self.encode_seconds += time.perf_counter() - start
+        return [self._states[i] for i in indices]
+
+    @property
+    def n_read(self) -> int:
+        return len(self._states)

@@ -1,0 +1,71 @@
+"""Which pool demos each query gets: the fixed demo pool, and pluggable selectors (`random`, `similarity`).
+
+A selector is a pure function of (query, k, seed): a query's demos never depend on which process evaluates it or
+on what ran before, so a sharded or resumed run selects exactly what a single uninterrupted run selects. Selections
+are nested: a query's k demos are the first k of its k + m demos under the same seed.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+
+from aim_icl.errors import AIMError
+from aim_icl.eval.demos import PoolBank
+from aim_icl.eval.task import Item
+from aim_icl.registry import Registry
+
+Selector = Callable[[Item, int, int], list[int]]  # (query, k, seed) -> indices into the pool
+SELECTORS: Registry[Callable[..., Selector]] = Registry("demo selection")
+
+
+def draw_pool(train: list[Item], size: int, seed: int) -> list[Item]:
+    """A fixed-size demo pool: a seeded sample of the train split, in split order, shared by every trial and mode."""
+    if size < 1:
+        raise AIMError(f"--pool-size must be at least 1, got {size}")
+    if len(train) <= size:
+        return list(train)
+    picked = np.sort(np.random.default_rng(seed).choice(len(train), size, replace=False))
+    return [train[int(i)] for i in picked]
+
+
+def stable_hash(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+@SELECTORS.register("random")
+def random_selection(pool: list[Item], **_) -> Selector:
+    """Uniform demos from the pool, seeded per (trial seed, query id), never the query itself."""
+
+    def select(query: Item, k: int, seed: int) -> list[int]:
+        order = np.random.default_rng([seed, stable_hash(query.id)]).permutation(len(pool))
+        picked = [int(i) for i in order if pool[i].id != query.id][:k]
+        if len(picked) < k:
+            raise AIMError(f"{k} shots need {k} pool demos besides the query, but the pool has {len(pool)}")
+        return picked
+
+    return select
+
+
+@SELECTORS.register("similarity")
+def similarity_selection(pool: list[Item], bank: PoolBank | None = None, **_) -> Selector:
+    """The pool demos whose images are nearest the query's (the bank's `similarity`), most similar last.
+
+    Deterministic: every trial gets the same demos.
+    """
+    if bank is None:
+        raise AIMError("--selection similarity needs --bank PATH (a bank file; created if missing)")
+    index = {key: i for i, key in enumerate(bank.keys)}
+    outside = set(bank.bank.keys()) - set(index)  # demos of the bank file that are not in this pool
+    own: dict[str, set[str]] = {}
+    for item, key in zip(pool, bank.keys):
+        own.setdefault(item.id, set()).add(key)
+
+    def select(query: Item, k: int, seed: int) -> list[int]:
+        exclude = outside | own.get(query.id, set())
+        picked = bank.bank.select(query.load_image(), k, strategy="similarity", seed=seed, exclude=exclude)
+        return [index[demo.key] for demo in picked]
+
+    return select

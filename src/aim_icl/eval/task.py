@@ -1,0 +1,193 @@
+"""A task is data plus named Python hooks: a loader, prompt templates, metrics and answer post-processing.
+
+Built-in tasks live in `aim_icl.eval.tasks`; a new one is one `TASKS.register(name, Task(...))` call in a short
+file. A `Task` can also hold in-memory items (`Task(..., train=[...], test=[...])`), with no loader at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from aim_icl.core.demo import Demo, load_image
+from aim_icl.errors import AIMError
+from aim_icl.registry import Registry
+
+
+@dataclass
+class Item:
+    """One example: its image, the fields its prompt template reads, and its reference answers."""
+
+    id: str
+    image: Any  # path, PIL image, bytes, or a zero-argument callable returning one (lazily read rows)
+    fields: Mapping[str, str] = field(default_factory=dict)  # e.g. {"question": "what colour is it?"}
+    answers: tuple[str, ...] = ()  # human answers, reference captions, or the one label
+
+    def load_image(self) -> Image.Image | None:
+        image = self.image() if callable(self.image) else self.image
+        return None if image is None else load_image(image)
+
+    @property
+    def demo_answer(self) -> str:
+        """The answer a demonstration shows: the most common reference (the first among equals)."""
+        if not self.answers:
+            raise AIMError(f"item {self.id!r} has no answer, so it cannot serve as a demonstration")
+        counts = Counter(self.answers)
+        return max(self.answers, key=lambda a: counts[a])  # max keeps the first of equal counts
+
+
+@dataclass
+class DataPaths:
+    """Where a task's files are: a data directory, an image root (default: the data directory), file overrides.
+
+    `files` maps a loader's file names (e.g. `val_questions`) to paths, absolute or relative to `data_dir`.
+    """
+
+    data_dir: Path | None = None
+    image_root: Path | None = None
+    files: Mapping[str, str] = field(default_factory=dict)
+
+    def file(self, name: str, *defaults: str) -> Path:
+        """The file called `name`: the override if given, else the first default that exists."""
+        base = Path(self.data_dir or ".")
+        candidates = [self.files[name]] if name in self.files else list(defaults)
+        paths = [base / c for c in candidates]
+        for path in paths:
+            if path.is_file():
+                return path
+        tried = ", ".join(str(p) for p in paths)
+        raise AIMError(f"{name} file not found (tried {tried}); pass --data-dir or --file {name}=PATH")
+
+    def images(self, *fallbacks: Path) -> list[Path]:
+        """Directories to look for relative image paths in: the image root if given, else the fallbacks."""
+        if self.image_root is not None:
+            return [Path(self.image_root)]
+        return list(fallbacks) or [Path(self.data_dir or ".")]
+
+
+Loader = Callable[[DataPaths, str], list[Item]]
+
+
+def first_line(text: str) -> str:
+    """Default answer post-processing: the generated text up to its first newline, stripped."""
+    return text.strip().split("\n", 1)[0].strip()
+
+
+@dataclass
+class Task:
+    """How to load, prompt and score one benchmark.
+
+    `query_template` is formatted with an item's fields; a demo's text is `demo_template` formatted with the same
+    fields plus `query` (the rendered query) and `answer`. `metrics`: names in `aim_icl.eval.scoring.METRICS`,
+    headline first. `candidates`: a closed answer set, ranked by the model's likelihood in every mode next to the
+    generated answer (the first candidate is the positive class for `roc_auc`); with `closed_set=True` and no
+    candidates, the distinct answers of the data are the set.
+    """
+
+    name: str
+    query_template: str
+    metrics: tuple[str, ...]
+    demo_template: str = "{query} {answer}"
+    load: Loader | None = None
+    train_split: str = "train"
+    eval_split: str = "val"
+    candidates: tuple[str, ...] = ()
+    closed_set: bool = False
+    labels: tuple[str, ...] = ()  # answer of integer label i, for data that stores labels (HF `label`)
+    postprocess: Callable[[str], str] = first_line
+    max_new_tokens: int = 10
+    train: list[Item] = field(default_factory=list, repr=False)
+    test: list[Item] = field(default_factory=list, repr=False)
+
+    def query_text(self, item: Item) -> str:
+        return _format(self.query_template, item.fields, item.id)
+
+    def demo(self, item: Item) -> Demo:
+        text = _format(self.demo_template, {**item.fields, "query": self.query_text(item)}, item.id, item)
+        image = item.image() if callable(item.image) else item.image
+        return Demo(image, text)
+
+    def metric_names(self) -> tuple[str, ...]:
+        """The task's metrics, plus likelihood ranking and exact match wherever the answer set is closed."""
+        names = list(self.metrics)
+        if self.candidates:
+            names += [m for m in ("likelihood_accuracy", "exact_match") if m not in names]
+        return tuple(names)
+
+    def loaded(self, paths: DataPaths, eval_split: str | None = None) -> Task:
+        """A copy holding the train split (the demo pool's source) and the evaluation split."""
+        from aim_icl.eval.hf import is_hf_dataset, load_hf_split
+
+        def read(split: str) -> list[Item]:
+            if is_hf_dataset(paths.data_dir):
+                return load_hf_split(Path(paths.data_dir), split, self.labels)
+            if self.load is None:
+                raise AIMError(f"task {self.name!r} has no loader; give it items (train=..., test=...)")
+            return self.load(paths, split)
+
+        train, test = read(self.train_split), read(eval_split or self.eval_split)
+        return self.with_items(train, test)
+
+    def with_items(self, train: list[Item], test: list[Item]) -> Task:
+        """A copy holding these items, checked, with its closed answer set filled in from them if asked."""
+        check_items(train, test, self.name)
+        candidates = self.candidates
+        if self.closed_set and not candidates:
+            candidates = tuple(sorted({a for item in [*train, *test] for a in item.answers}))
+        return dataclasses.replace(self, train=list(train), test=list(test), candidates=candidates)
+
+
+def check_items(train: list[Item], test: list[Item], name: str) -> None:
+    if not test:
+        raise AIMError(f"task {name!r} has no evaluation items; check --data-dir and --eval-split")
+    ids = [item.id for item in test]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, n in Counter(ids).items() if n > 1)
+        raise AIMError(f"task {name!r}: evaluation item id {dup!r} occurs twice; ids must be unique")
+    for item in (test[0], *train[:1]):
+        if isinstance(item.image, (str, Path)) and not Path(item.image).is_file():
+            raise AIMError(
+                f"image not found: {item.image}; pass --image-root (the folder the dataset's paths start at)"
+            )
+        if not item.answers:
+            raise AIMError(f"task {name!r}: item {item.id!r} has no reference answer")
+
+
+def _format(template: str, fields: Mapping[str, str], item_id: str, item: Item | None = None) -> str:
+    values = dict(fields)
+    if item is not None:
+        values["answer"] = item.demo_answer
+    try:
+        return template.format(**values)
+    except KeyError as err:
+        raise AIMError(f"template {template!r} needs field {err} but item {item_id!r} has none") from None
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise AIMError(f"{path} is not valid JSON ({err}); is the download complete?") from None
+
+
+TASKS: Registry[Task] = Registry("task")
+
+
+def get_task(name: str) -> Task:
+    """A registered task, built-in or added by the user's own `TASKS.register`."""
+    import aim_icl.eval.tasks  # noqa: F401  (registers the built-in tasks)
+
+    return TASKS.get(name)
+
+
+def task_names() -> list[str]:
+    import aim_icl.eval.tasks  # noqa: F401
+
+    return TASKS.names()

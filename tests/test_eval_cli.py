@@ -1,0 +1,122 @@
+"""`aim-icl eval` on files: results JSON / Markdown / plots, one error line, and two processes = one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from test_eval_formats import write_hateful_memes
+
+from aim_icl.cli import main
+from aim_icl.testing.tiny import build_tiny
+
+REQUIRED = {
+    "task",
+    "mode",
+    "shots",
+    "metric",
+    "value",
+    "std",
+    "trials",
+    "prompt_tokens",
+    "peak_memory_mb",
+    "latency_ms",
+}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_cli")
+    model, processor = build_tiny("llava")
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    write_hateful_memes(root / "hm", n_train=6, n_dev=4)
+    return root
+
+
+def eval_args(root, out) -> list[str]:
+    return ["eval", "--model", str(root / "model"), "--task", "hateful_memes", "--data-dir", str(root / "hm"),
+            "--shots", "0", "2", "--modes", "zero", "aim", "--trials", "2", "--output-dir", str(out)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def single_run(saved):
+    out = saved / "one"
+    assert main(eval_args(saved, out)) == 0
+    return out
+
+
+def test_help_lists_the_tasks(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--help"])
+    assert exit_info.value.code == 0
+    assert "hateful_memes" in capsys.readouterr().out
+
+
+def test_eval_writes_results_table_and_plots(single_run, capsys):
+    rows = json.loads((single_run / "results.json").read_text())
+    assert all(set(r) >= REQUIRED for r in rows)
+    assert {(r["mode"], r["shots"]) for r in rows} == {("zero", 0), ("aim", 2)}
+    assert {r["metric"] for r in rows} == {"roc_auc", "likelihood_accuracy", "exact_match"}
+    auc = [r for r in rows if r["metric"] == "roc_auc"]
+    assert all(0.0 <= r["value"] <= 1.0 for r in auc)  # 2 yes / 2 no queries: ROC-AUC is defined
+    table = (single_run / "results.md").read_text()
+    assert (
+        table.startswith("| task | mode | shots | metric |")
+        and "| hateful_memes | aim | 2 | roc_auc |" in table
+    )
+    for name in ("roc_auc", "likelihood_accuracy", "exact_match", "memory"):
+        assert (single_run / f"hateful_memes_{name}.png").stat().st_size > 1000
+
+
+def test_limit_and_a_bad_data_dir(saved, tmp_path, capsys):
+    code = main([*eval_args(saved, tmp_path / "limited"), "--limit", "2", "--modes", "zero"])
+    assert code == 0
+    rows = json.loads((tmp_path / "limited" / "results.json").read_text())
+    assert {r["queries"] for r in rows} == {2}
+    assert "| hateful_memes | zero | 0 | roc_auc |" in capsys.readouterr().out
+    code = main(
+        ["eval", "--model", str(saved / "model"), "--task", "hateful_memes", "--data-dir", str(tmp_path)]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("aim-icl eval: error: train file not found") and "\n" not in err
+
+
+def test_two_processes_equal_one_process(saved, single_run):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(port), "-m", "aim_icl.cli"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [*launch, *eval_args(saved, saved / "two")], env=env, capture_output=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert sorted((saved / "two").glob("predictions*.jsonl")) == [
+        saved / "two" / "predictions.rank0.jsonl",
+        saved / "two" / "predictions.rank1.jsonl",
+    ]
+    one, two = (json.loads((d / "results.json").read_text()) for d in (single_run, saved / "two"))
+    assert [(r["mode"], r["shots"], r["metric"], r["values"]) for r in two] == [
+        (r["mode"], r["shots"], r["metric"], r["values"]) for r in one
+    ]
+    assert predictions(saved / "two") == predictions(single_run)
+
+
+def predictions(directory) -> dict:
+    out = {}
+    for path in directory.glob("predictions*.jsonl"):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            out[(r["mode"], r["shots"], r["trial"], r["id"])] = (
+                r["generated"],
+                r["scores"],
+                r["prompt_tokens"],
+            )
+    return out

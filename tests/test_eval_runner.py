@@ -1,0 +1,139 @@
+"""`run_eval` end to end on a tiny LLaVA: every mode, the demo cache, resume after interruption, bank selection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aim_icl import AIMError
+from aim_icl.eval import runner
+from aim_icl.eval.demos import open_pool_bank
+from aim_icl.eval.runner import process_state, run_eval
+from aim_icl.eval.selection import draw_pool, similarity_selection
+from aim_icl.eval.task import Item, Task
+from aim_icl.testing.tiny import tiny_image
+
+ROW_FIELDS = {
+    "task",
+    "mode",
+    "shots",
+    "metric",
+    "value",
+    "std",
+    "trials",
+    "prompt_tokens",
+    "peak_memory_mb",
+    "latency_ms",
+}
+
+
+def toy_task(n_train: int = 8, n_test: int = 4) -> Task:
+    """Colour questions with distinct texts; train and test are disjoint items."""
+    items = [
+        Item(f"q{i}", tiny_image(i), {"question": f"what colour is thing {i}?"}, (["red", "blue"][i % 2],))
+        for i in range(n_train + n_test)
+    ]
+    task = Task("toy", "Question: {question} Answer:", ("exact_match",), closed_set=True, max_new_tokens=3)
+    return task.with_items(items[:n_train], items[n_train:])
+
+
+def values(rows):
+    return {(r["mode"], r["shots"], r["metric"]): r["value"] for r in rows}
+
+
+def test_every_mode_end_to_end(llava, monkeypatch):
+    read = []
+    encode = llava.encode
+    monkeypatch.setattr(
+        llava, "encode", lambda demos, batch_size=8: read.extend(demos) or encode(demos, batch_size)
+    )
+    rows = run_eval(llava, toy_task(n_test=3), shots=[0, 2], trials=2, progress=False)
+
+    assert {(r["mode"], r["shots"]) for r in rows} == {("zero", 0), ("text", 2), ("icl", 2), ("aim", 2)}
+    assert {r["metric"] for r in rows} == {"exact_match", "likelihood_accuracy"}
+    for row in rows:
+        assert set(row) >= ROW_FIELDS
+        assert row["trials"] == (1 if row["mode"] == "zero" else 2) and row["queries"] == 3
+        assert 0.0 <= row["value"] <= 1.0 and row["latency_ms"] > 0 and row["peak_memory_mb"] > 0
+    tokens = {r["mode"]: r["prompt_tokens"] for r in rows}
+    assert tokens["icl"] > tokens["aim"] == tokens["text"] > tokens["zero"]
+    # aim mode read each pool demo through the backbone once, however many queries and trials used it
+    texts = [d.text for d in read]
+    assert texts and len(texts) == len(set(texts)) < 2 * 2 * 3
+
+
+def test_zero_mode_only(llava):
+    rows = run_eval(llava, toy_task(n_train=0), shots=[0], modes=["zero"], trials=3, progress=False)
+    assert {(r["mode"], r["shots"], r["trials"]) for r in rows} == {("zero", 0, 1)}
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(llava, tmp_path, monkeypatch):
+    options = {"shots": [2], "modes": ["aim"], "trials": 2, "progress": False, "limit": 3}
+    full = run_eval(llava, toy_task(), output_dir=tmp_path / "full", **options)
+
+    answered = []
+    answer = runner.answer_query
+
+    def interrupt_after_five(*args, **kwargs):
+        if len(answered) == 2:
+            raise KeyboardInterrupt
+        answered.append(args[2].id)
+        return answer(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "answer_query", interrupt_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(llava, toy_task(), output_dir=tmp_path / "run", **options)
+    predictions = tmp_path / "run" / "predictions.jsonl"
+    assert len(predictions.read_text().splitlines()) == 2  # every answer was on disk as soon as it was made
+    with predictions.open("a") as f:
+        f.write('{"mode": "aim", "shots": 2, "tr')  # a record cut short by the interruption
+
+    answered.clear()
+    monkeypatch.setattr(runner, "answer_query", lambda *a, **k: answered.append(a[2].id) or answer(*a, **k))
+    resumed = run_eval(llava, toy_task(), output_dir=tmp_path / "run", **options)
+    assert len(answered) == 2 * 3 - 2  # only the unfinished queries
+    assert values(resumed) == values(full)
+    assert json.loads((tmp_path / "run" / "results.json").read_text())[0]["value"] == full[0]["value"]
+    answered.clear()
+    run_eval(llava, toy_task(), output_dir=tmp_path / "run", **options)
+    assert answered == []  # nothing left to do
+
+
+def test_a_rerun_with_another_setup_is_refused(llava, tmp_path):
+    options = {"shots": [2], "modes": ["aim"], "trials": 1, "progress": False, "limit": 1}
+    run_eval(llava, toy_task(), output_dir=tmp_path, **options)
+    with pytest.raises(AIMError, match="seed"):
+        run_eval(llava, toy_task(), output_dir=tmp_path, seed=5, **options)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"modes": ["fused"]}, "unknown mode"),
+        ({"shots": [-1]}, "all >= 0"),
+        ({"selection": "nearest"}, "unknown demo selection"),
+        ({"shots": [20], "modes": ["text"]}, "the pool has 8"),
+        ({"selection": "similarity", "modes": ["text"], "shots": [2]}, "--bank"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(llava, kwargs, message):
+    with pytest.raises(AIMError, match=message):
+        run_eval(llava, toy_task(), **{"trials": 1, "progress": False, **kwargs})
+
+
+def test_similarity_selection_through_the_bank(llava, tmp_path):
+    task = toy_task()
+    pool = draw_pool(task.train, 2048, seed=0)
+    bank = open_pool_bank(tmp_path / "bank.sqlite", llava, task, pool, process_state(cpu=True))
+    select = similarity_selection(pool, bank=bank)
+    twin = Item(
+        "twin", pool[5].image, {"question": "what colour?"}, ("red",)
+    )  # pool item 5's image, another id
+    picks = select(twin, 3, seed=0)
+    assert picks[-1] == 5 and len(set(picks)) == 3  # the most similar demo sits next to the query
+    assert 5 not in select(pool[5], 7, seed=0)  # never the query itself
+    bank.bank.close()
+    rows = run_eval(llava, task, shots=[2], modes=["icl", "aim"], trials=1, selection="similarity",
+                    bank=tmp_path / "bank.sqlite", limit=2, progress=False)  # fmt: skip
+    assert {r["mode"] for r in rows} == {"icl", "aim"} and all(r["selection"] == "similarity" for r in rows)
