@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install aim-icl with the extras named in $AIM_ICL_EXTRAS (default: test).
+# Create .venv (if missing) and install aim-icl with the extras named in $AIM_ICL_EXTRAS (default: test,train,eval).
 # torch is pinned to the CPU build that lies on this kind of machine; an unpinned torch pulls a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -11,6 +11,10 @@ from aim_icl.errors import AIMError
 VERBS = {
     "generate": "answer one query with demonstrations in any mode",
     "demo": "the main job on the embedded default",
+    "world": "the embedded synthetic world: pretrain its tiny MLLM, dump corpora, train and measure",
+    "train": "train the AIM projector on interleaved image-text corpora",
+    "eval": "measure modes and shot counts on a benchmark: quality, prompt tokens, memory, latency",
+    "bank": "build, describe, list and merge Demonstration Banks",
 }
 
 
