@@ -118,7 +118,7 @@ class AIM:
         read = [d for d in demos if isinstance(d, Demo)]
         states = [d for d in demos if isinstance(d, DemoStates)]
         states += self.encode(read, batch_size=batch_size, progress=len(read) > 4 * batch_size)
-        hidden = torch.cat([s.hidden for s in states]).float()
+        hidden = torch.cat([s.hidden.to(self.backbone.device) for s in states]).float()
         embeds = torch.cat([self.backbone.embed(s.token_ids) for s in states]).float()
         self.projector.fit_copy(hidden, embeds, ridge=ridge)
 

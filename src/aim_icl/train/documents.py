@@ -1,0 +1,42 @@
+"""Documents as training sees them: ordered (image, matched text) pairs, plus counters of what was skipped."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from PIL import Image
+
+
+class SkipItem(Exception):  # noqa: N818 - a signal, not an error: the item is counted and training goes on
+    """Raised by a reader for an item (line, image, pair, document, file) that training skips; `reason` is counted."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass
+class Pair:
+    image: Image.Image  # decoded, 8-bit RGB
+    text: str  # the text matched to the image, already cut to the token budget
+
+
+@dataclass
+class Document:
+    where: str  # "file:record" for messages
+    pairs: list[Pair]
+
+
+class Skips(Counter):
+    """Skipped items by reason ("bad image", "malformed line", "too few pairs", ...)."""
+
+    def summary(self) -> str:
+        """'3 skipped (2 bad image, 1 malformed line)' or '0 skipped'."""
+        total = sum(self.values())
+        if not total:
+            return "0 skipped"
+        parts = ", ".join(
+            f"{n} {reason}" for reason, n in sorted(self.items(), key=lambda kv: (-kv[1], kv[0]))
+        )
+        return f"{total} skipped ({parts})"
