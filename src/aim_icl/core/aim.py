@@ -194,20 +194,14 @@ class AIM:
 
     @torch.no_grad()
     def generate(
-        self,
-        image,
-        text: str,
-        demos: Iterable[DemoLike] = (),
-        mode: str = "aim",
-        max_new_tokens: int = 32,
-        **kwargs,
+        self, image, text: str, demos: Iterable[DemoLike] = (), mode: str = "aim", max_new_tokens: int = 32, **kwargs
     ) -> str:
         """Answer the query; returns the new tokens only, decoded."""
         return self.generate_from(self.build_inputs(image, text, demos, mode), max_new_tokens, **kwargs)
 
     @torch.no_grad()
     def generate_from(self, inputs: dict[str, torch.Tensor], max_new_tokens: int = 32, **kwargs) -> str:
-        """Generate from `build_inputs` output; `kwargs` go to `model.generate` (e.g. a prefix KV cache)."""
+        """Answer from inputs `build_inputs` made (greedy by default); returns the new tokens only, decoded."""
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("pad_token_id", self.encoder.pad_id)
         with forwarding_inputs_embeds(self.model):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from aim_icl.core.aim import AIM, MODES, forwarding_inputs_embeds
+from aim_icl.core.aim import AIM, MODES
 from aim_icl.errors import AIMError
 from aim_icl.eval.aggregate import rows_from_records
 from aim_icl.eval.demos import DemoSource, open_pool_bank
@@ -155,7 +155,7 @@ def answer_query(aim: AIM, task: Task, item: Item, demos: list, mode: str, max_n
     synchronize(aim.backbone.device)
     start = time.perf_counter()
     inputs = aim.build_inputs(image, text, demos, mode)
-    generated = generate_from_inputs(aim, inputs, max_new_tokens)
+    generated = aim.generate_from(inputs, max_new_tokens)
     scores = score_candidates(aim, image, text, task.candidates, demos, mode) if needs_scores(task) else None
     synchronize(aim.backbone.device)
     latency_ms = (time.perf_counter() - start) * 1000
@@ -176,16 +176,6 @@ def score_candidates(aim: AIM, image, text: str, candidates, demos: list, mode: 
 
 
 @torch.no_grad()
-def generate_from_inputs(aim: AIM, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> str:
-    """Greedy answer from already built inputs (as `aim.generate`, which would build them a second time)."""
-    with forwarding_inputs_embeds(aim.model):
-        output = aim.model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=aim.encoder.pad_id
-        )
-    new_tokens = output[0, inputs["input_ids"].shape[1] :]
-    return aim.encoder.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
-
-
 def run_config(
     aim: AIM, task: Task, selection: str, seed: int, pool_size: int, max_new_tokens, bank: bool
 ) -> dict:
