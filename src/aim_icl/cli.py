@@ -15,6 +15,7 @@ VERBS = {
     "train": "train the AIM projector on interleaved image-text corpora",
     "eval": "measure modes and shot counts on a benchmark: quality, prompt tokens, memory, latency",
     "bank": "build, describe, list and merge Demonstration Banks",
+    "serve": "serve a model over HTTP: OpenAI-compatible chat completions with AIM demos, tasks, metrics",
 }
 
 

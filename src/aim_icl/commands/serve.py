@@ -1,0 +1,100 @@
+"""Serve a model over HTTP: OpenAI-compatible chat completions where earlier image turns become AIM fused demos.
+
+Loopback only by default; binding any other address requires an API key (--api-key or AIM_ICL_API_KEY).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+from aim_icl.core.aim import AIM
+from aim_icl.errors import AIMError
+from aim_icl.serve.service import DEFAULT_DEMO_TEMPLATE
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model directory or hub id (loaded with transformers)")
+    parser.add_argument("--projector", help="projector directory written by save_projector / aim-icl train")
+    parser.add_argument(
+        "--bank", help="Demonstration Bank file (created if absent; default: a temporary one)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--api-key", default=os.environ.get("AIM_ICL_API_KEY"), help="bearer key (env AIM_ICL_API_KEY)"
+    )
+    parser.add_argument(
+        "--allow-dir", action="append", default=[], help="directory local image paths may be in"
+    )
+    parser.add_argument("--name", default="aim", help="model name reported by /v1/models and in responses")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--queue-size", type=int, default=8, help="requests waiting for the model; more get 503"
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request, queueing included")
+    parser.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024)
+    parser.add_argument("--max-image-bytes", type=int, default=8 * 1024 * 1024)
+    parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
+    parser.add_argument("--max-demos", type=int, default=32, help="demonstrations per request or task")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="when a request names no max_tokens")
+    parser.add_argument(
+        "--demo-template", default=DEFAULT_DEMO_TEMPLATE, help="chat demo text from {user} and {assistant}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    config = server_config(args)  # check everything before loading a model that may take minutes
+    import uvicorn
+
+    from aim_icl.serve.app import create_app
+    from aim_icl.serve.service import ModelService
+
+    aim = AIM.from_pretrained(args.model, projector=args.projector)
+    aim.model.to(args.device)
+    aim.projector.to(args.device)
+    if args.projector is None:
+        logger.warning("no --projector: fused tokens come from an untrained projector; pass a trained one")
+    app = create_app(ModelService(aim, args.bank, model_name=args.name), config)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def server_config(args: argparse.Namespace):
+    from aim_icl.serve.app import ServerConfig
+    from aim_icl.serve.images import ImagePolicy
+
+    if not _is_loopback(args.host) and not args.api_key:
+        raise AIMError(f"--host {args.host} is not a loopback address: set --api-key (or AIM_ICL_API_KEY)")
+    missing = [d for d in args.allow_dir if not Path(d).is_dir()]
+    if missing:
+        raise AIMError(f"--allow-dir {missing[0]} is not a directory")
+    try:
+        args.demo_template.format(user="", assistant="")
+    except (KeyError, IndexError, ValueError):
+        raise AIMError("--demo-template may only use {user} and {assistant}") from None
+    images = ImagePolicy(args.max_image_bytes, args.max_image_pixels, tuple(Path(d) for d in args.allow_dir))
+    return ServerConfig(
+        api_key=args.api_key,
+        queue_size=args.queue_size,
+        timeout_s=args.timeout,
+        max_body_bytes=args.max_body_bytes,
+        max_demos=args.max_demos,
+        max_new_tokens=args.max_new_tokens,
+        demo_template=args.demo_template,
+        images=images,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: treat as reachable from outside

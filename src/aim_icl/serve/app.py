@@ -1,0 +1,179 @@
+"""The app factory: routes + error handlers + API key + request limits + one model worker behind a bounded queue."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from aim_icl.errors import AIMError
+from aim_icl.serve.errors import RequestError
+from aim_icl.serve.images import ImagePolicy
+from aim_icl.serve.routes import router
+from aim_icl.serve.service import DEFAULT_DEMO_TEMPLATE, ModelService
+from aim_icl.serve.worker import ModelWorker, QueueFull
+
+logger = logging.getLogger(__name__)
+
+STATUS = {"invalid": 400, "too_large": 413, "forbidden": 403, "not_found": 404, "conflict": 409}
+OPEN_PATHS = ("/health",)  # answered without the API key (load balancers, readiness probes)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    api_key: str | None = None
+    queue_size: int = 8  # requests waiting behind the running one; more get 503
+    timeout_s: float = 60.0  # per request, waiting in the queue included
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_demos: int = 32
+    max_new_tokens: int = 64  # when the request names no max_tokens
+    max_new_tokens_cap: int = 1024
+    demo_template: str = DEFAULT_DEMO_TEMPLATE
+    images: ImagePolicy = field(default_factory=ImagePolicy)
+
+
+def create_app(service: ModelService, config: ServerConfig) -> FastAPI:
+    worker = ModelWorker(config.queue_size)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        worker.submit(service.close)  # the bank's connection belongs to the worker's thread
+        worker.close()
+
+    app = FastAPI(title="aim-icl", lifespan=lifespan)
+    app.state.service, app.state.config, app.state.worker = service, config, worker
+    app.state.run = _runner(worker, config.timeout_s)
+    app.include_router(router)
+    _add_error_handlers(app, config)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    if config.api_key:
+        app.middleware("http")(_auth(config.api_key))
+    app.middleware("http")(_observe(service))  # outermost: counts refusals too
+    return app
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """OpenAI's error shape, which its clients raise with the message."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "code": status}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _runner(worker: ModelWorker, timeout_s: float) -> Callable:
+    async def run(fn: Callable[[float], Any]) -> Any:
+        """Run `fn(deadline)` on the model worker; 503 when the queue is full, 504 past the deadline."""
+        deadline = time.monotonic() + timeout_s
+        future = worker.submit(fn, deadline)
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)  # cancels it if still waiting
+
+    return run
+
+
+def _add_error_handlers(app: FastAPI, config: ServerConfig) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return error_response(400, _validation_message(exc))
+
+    @app.exception_handler(RequestError)
+    async def bad_request(request: Request, exc: RequestError):
+        return error_response(STATUS.get(exc.kind, 400), str(exc))
+
+    @app.exception_handler(AIMError)
+    async def aim_error(request: Request, exc: AIMError):
+        return error_response(400, str(exc))
+
+    @app.exception_handler(QueueFull)
+    async def busy(request: Request, exc: QueueFull):
+        message = f"the server is busy ({config.queue_size} requests waiting); retry shortly"
+        return error_response(503, message, {"Retry-After": "1"})
+
+    @app.exception_handler(TimeoutError)
+    async def timeout(request: Request, exc: TimeoutError):
+        return error_response(504, f"the request took longer than {config.timeout_s:g} s")
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    first = exc.errors()[0]
+    if first.get("type") == "json_invalid":
+        return f"request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
+    return f"{where or 'body'}: {first.get('msg')}{more}"
+
+
+def _auth(api_key: str) -> Callable:
+    expected = f"Bearer {api_key}".encode()
+
+    async def check_key(request: Request, call_next):
+        if request.url.path not in OPEN_PATHS:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                reason = "wrong API key" if given else "missing API key"
+                return error_response(
+                    401, f"{reason}: send 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"}
+                )
+        return await call_next(request)
+
+    return check_key
+
+
+def _observe(service: ModelService) -> Callable:
+    async def observe(request: Request, call_next):
+        start = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:
+            logger.exception("unhandled error on %s", request.url.path)
+            response = error_response(500, "internal error; see the server log")
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        service.metrics.observe_request(route, response.status_code, time.perf_counter() - start)
+        return response
+
+    return observe
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_bytes` with 413, declared (Content-Length) or streamed (chunked)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_bytes:
+            return await self._refuse(scope, receive, send)
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                return await self._refuse(scope, receive, send)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send):
+        response = error_response(413, f"request body is over the limit of {self.max_bytes} bytes")
+        await response(scope, receive, send)
