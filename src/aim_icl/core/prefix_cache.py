@@ -1,0 +1,155 @@
+"""Prefix KV caching: when one fixed demo set serves many queries, the prompt up to the query image is computed once.
+
+The prompt is `[template prefix] demo_1 sep ... demo_k sep [query image] query [suffix]`: everything before the query
+image is the same for every query. Its key/value cache is computed once and each query runs only its own tokens.
+
+How (transformers 5.x, DESIGN.md §3): `generate` gets the query's FULL-length inputs (`input_ids`, `inputs_embeds`,
+`pixel_values`, per-token type ids) plus a copy of the prefix cache, and skips what is cached; image merging and
+M-RoPE work as in the uncached path. Greedy outputs equal `aim.generate`'s.
+
+Exactness is checked per query, never assumed: a query reuses only the leading positions where its every per-token
+input (ids, fused vectors, masks, type ids) equals the cached prefix's. Tokenizers may merge the last separator with
+the image marker's text (Gemma 3's "\\n" + "\\n\\n" is one token), so the cached length is learned from the first
+query, and shrinks (the cache is rebuilt) if a later query shares less.
+
+What it saves: the prefix's positions per query. What it costs: once a cache offset exists, transformers attends
+with an explicit mask instead of SDPA's causal fast path; on CPU that attention is 2-3x slower. When the query image
+dominates the prompt (LLaVA-Next: 2,928 of ~3,200 tokens at k = 16) and the model is narrow, that can outweigh the
+saving: `benchmarks/efficiency.py` measures both.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from collections.abc import Iterable
+
+import torch
+
+from aim_icl.core.aim import AIM, DemoLike
+from aim_icl.core.demo import Demo
+from aim_icl.core.prompt import query_parts
+from aim_icl.errors import AIMError
+
+logger = logging.getLogger(__name__)
+
+CACHED_MODES = ("zero", "text", "aim")
+
+
+class PrefixCache:
+    """Serve many queries with one fixed demo list: the shared prompt prefix is computed once, on the first query.
+
+    `mode`: `aim` (demos are read and projected once, here: retraining the projector later does not change this
+    cache), `text` or `zero`. `icl` puts the demo images in the prefix and is not served. Families whose processor
+    puts every image first (PaliGemma) are refused: the query image precedes the demos, and PaliGemma's prefix-LM
+    mask lets the prefix attend to the query, so nothing can be shared exactly.
+    """
+
+    def __init__(self, aim: AIM, demos: Iterable[DemoLike] = (), mode: str = "aim", batch_size: int = 8):
+        if mode not in CACHED_MODES:
+            raise AIMError(f"a prefix cache serves modes {', '.join(CACHED_MODES)}, not {mode!r}")
+        if aim.backbone.family.images_first:
+            raise AIMError(
+                f"{aim.backbone.signature.model_type} puts the query image before the demos, so no prompt prefix "
+                "is shared between queries; use aim.generate without a prefix cache"
+            )
+        demos = list(demos)
+        if mode == "zero" and demos:
+            raise AIMError("mode 'zero' takes no demos; pass demos=[] or use mode 'text' or 'aim'")
+        self.aim = aim
+        self.mode = mode
+        self.demos = _fused(aim, demos, batch_size) if mode == "aim" else demos
+        # the cached prefix: its per-token inputs, (1, P) or (1, P, embed), and the model's KV cache over them
+        self._prefix: dict[str, torch.Tensor] | None = None
+        self._cache = None
+        self._expected = self._expected_ids()  # (1, P0)
+        self._warned = False
+
+    @property
+    def length(self) -> int:
+        """Prompt positions served from the cache (0 until the first query)."""
+        return 0 if self._prefix is None else self._prefix["input_ids"].shape[1]
+
+    @torch.no_grad()
+    def generate(self, image, text: str, max_new_tokens: int = 32, **kwargs) -> str:
+        """Answer one query after the cached demos: same result as `aim.generate(image, text, demos, mode)`."""
+        inputs = self.aim.build_inputs(image, text, self.demos, self.mode)
+        # explicit M-RoPE positions: `generate` would reuse state (rope deltas) left by an earlier call
+        if self.aim.backbone.rope_index is not None:
+            inputs["position_ids"] = self.aim.backbone.positions(inputs)  # (3, 1, T)
+        shared = self._shared_length(inputs)
+        if self._prefix is None or shared < self.length:
+            self._build(inputs, shared)
+        if self._cache is not None:
+            # a copy: generate extends the cache in place
+            kwargs[_cache_argument(self.aim.model)] = copy.deepcopy(self._cache)
+        return self.aim.generate_from(inputs, max_new_tokens, **kwargs)
+
+    # -- internals ----------------------------------------------------------------------------------------------
+
+    def _expected_ids(self) -> torch.Tensor:
+        """Token ids of the shared prefix encoded on its own, (1, P0): where a query's demo part should end."""
+        parts = [self.aim._demo_parts(d, self.mode) for d in self.demos]
+        prefix = query_parts(self.aim.template, None, "", parts)[:-2]  # without query text and suffix
+        return self.aim.encoder.encode([prefix]).inputs["input_ids"].to(self.aim.backbone.device)
+
+    def _shared_length(self, inputs: dict[str, torch.Tensor]) -> int:
+        """Leading positions where every per-token input of this query equals the cached (or expected) prefix."""
+        reference = self._prefix if self._prefix is not None else {"input_ids": self._expected}
+        n = min(reference["input_ids"].shape[1], inputs["input_ids"].shape[1] - 1)  # leave generate 1 token
+        same = torch.ones(n, dtype=torch.bool, device=inputs["input_ids"].device)
+        for key, cached in reference.items():
+            same &= (inputs[key][:, :n] == cached[:, :n]).reshape(n, -1).all(-1)  # batch of 1
+        differs = (~same).nonzero()
+        return int(differs[0]) if len(differs) else n
+
+    def _build(self, inputs: dict[str, torch.Tensor], length: int) -> None:
+        """Run the model over the first `length` positions of `inputs` and keep their KV cache."""
+        if length < self._expected.shape[1] - 1 and not self._warned:  # one token may merge with the image's
+            self._warned = True
+            logger.warning(
+                "this query shares only %d of the %d demo-prefix tokens: the prefix cache saves little",
+                length,
+                self._expected.shape[1],
+            )
+        per_token = [k for k, v in inputs.items() if _is_per_token(v, inputs["input_ids"])]
+        kept = [*per_token, "inputs_embeds"] if "inputs_embeds" in inputs else per_token
+        self._prefix = {k: inputs[k][:, :length].clone() for k in kept}
+        self._cache = self._forward(inputs, per_token, length) if length else None
+
+    def _forward(self, inputs: dict[str, torch.Tensor], per_token: list[str], length: int):
+        """The KV cache of the first `length` positions, read as embeddings with the query's own positions."""
+        prefix = {k: inputs[k][:, :length] for k in per_token if k != "input_ids"}
+        embeds = inputs.get("inputs_embeds")  # (1, T, embed) when fused vectors are in the prompt
+        prefix["inputs_embeds"] = (
+            embeds[:, :length]
+            if embeds is not None
+            else self.aim.backbone.embed(inputs["input_ids"][:, :length])
+        )
+        positions = inputs.get("position_ids")  # (3, 1, T) for M-RoPE; else plain 0..length-1
+        device = self.aim.backbone.device
+        prefix["position_ids"] = (
+            positions[..., :length] if positions is not None else torch.arange(length, device=device)[None]
+        )
+        out = self.aim.model(**prefix, use_cache=True, logits_to_keep=1)
+        return out.cache if hasattr(out, "cache") else out.past_key_values
+
+
+def _fused(aim: AIM, demos: list[DemoLike], batch_size: int) -> list[torch.Tensor]:
+    """Every demo as its fused tokens, read (one batched pass over fresh demos) and projected once."""
+    fresh = iter(aim.encode([d for d in demos if isinstance(d, Demo)], batch_size=batch_size))
+    states = [next(fresh) if isinstance(d, Demo) else d for d in demos]
+    return [d if isinstance(d, torch.Tensor) else aim.project(d.hidden).detach() for d in states]
+
+
+def _is_per_token(value: torch.Tensor, input_ids: torch.Tensor) -> bool:
+    return isinstance(value, torch.Tensor) and value.shape == input_ids.shape
+
+
+def _cache_argument(model) -> str:
+    """The KV cache's keyword in this transformers version (`cache` from 5.x; `past_key_values` before)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+__all__ = ["CACHED_MODES", "PrefixCache"]
