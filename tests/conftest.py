@@ -20,6 +20,19 @@ NAMED_FAMILIES = (
     "paligemma",
     "gemma3",
 )
+# the results-JSON row fields other tools read (issue contract): keep these names
+RESULT_ROW_FIELDS = {
+    "task",
+    "mode",
+    "shots",
+    "metric",
+    "value",
+    "std",
+    "trials",
+    "prompt_tokens",
+    "peak_memory_mb",
+    "latency_ms",
+}
 WORDS = ["red", "blue", "green", "cat", "dog", "bird", "circle", "square", "small", "large", "left", "right"]
 
 

@@ -9,23 +9,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import RESULT_ROW_FIELDS
 from test_eval_formats import write_hateful_memes
 
 from aim_icl.cli import main
 from aim_icl.testing.tiny import build_tiny
-
-REQUIRED = {
-    "task",
-    "mode",
-    "shots",
-    "metric",
-    "value",
-    "std",
-    "trials",
-    "prompt_tokens",
-    "peak_memory_mb",
-    "latency_ms",
-}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +47,7 @@ def test_help_lists_the_tasks(capsys):
 
 def test_eval_writes_results_table_and_plots(single_run, capsys):
     rows = json.loads((single_run / "results.json").read_text())
-    assert all(set(r) >= REQUIRED for r in rows)
+    assert all(set(r) >= RESULT_ROW_FIELDS for r in rows)
     assert {(r["mode"], r["shots"]) for r in rows} == {("zero", 0), ("aim", 2)}
     assert {r["metric"] for r in rows} == {"roc_auc", "likelihood_accuracy", "exact_match"}
     auc = [r for r in rows if r["metric"] == "roc_auc"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import RESULT_ROW_FIELDS
 
 from aim_icl import AIMError
 from aim_icl.eval import runner
@@ -13,19 +14,6 @@ from aim_icl.eval.runner import process_state, run_eval
 from aim_icl.eval.selection import draw_pool, similarity_selection
 from aim_icl.eval.task import Item, Task
 from aim_icl.testing.tiny import tiny_image
-
-ROW_FIELDS = {
-    "task",
-    "mode",
-    "shots",
-    "metric",
-    "value",
-    "std",
-    "trials",
-    "prompt_tokens",
-    "peak_memory_mb",
-    "latency_ms",
-}
 
 
 def toy_task(n_train: int = 8, n_test: int = 4) -> Task:
@@ -53,7 +41,7 @@ def test_every_mode_end_to_end(llava, monkeypatch):
     assert {(r["mode"], r["shots"]) for r in rows} == {("zero", 0), ("text", 2), ("icl", 2), ("aim", 2)}
     assert {r["metric"] for r in rows} == {"exact_match", "likelihood_accuracy"}
     for row in rows:
-        assert set(row) >= ROW_FIELDS
+        assert set(row) >= RESULT_ROW_FIELDS
         assert row["trials"] == (1 if row["mode"] == "zero" else 2) and row["queries"] == 3
         assert 0.0 <= row["value"] <= 1.0 and row["latency_ms"] > 0 and row["peak_memory_mb"] > 0
     tokens = {r["mode"]: r["prompt_tokens"] for r in rows}

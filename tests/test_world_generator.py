@@ -1,0 +1,111 @@
+"""The embedded world's generator: scenes, corpora and tasks are pure functions of their seed; names stay apart."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import numpy as np
+import pytest
+
+from aim_icl.cli import main
+from aim_icl.world import corpora, formats
+from aim_icl.world.names import EVAL_NAMES, TRAIN_NAMES
+from aim_icl.world.scene import ATTRIBUTES, IMAGE_SIZE, sample_scene
+from aim_icl.world.tasks import TASKS
+from aim_icl.world.tokenizer import build_tokenizer
+from aim_icl.world.vocab import IMAGE
+
+
+def pixels(scene) -> np.ndarray:
+    return np.asarray(scene.render())
+
+
+def test_a_scene_renders_the_same_pixels_every_time():
+    scene = sample_scene(random.Random(3))
+    image = scene.render()
+    assert image.size == (IMAGE_SIZE, IMAGE_SIZE) and image.mode == "RGB"
+    assert np.array_equal(pixels(scene), pixels(sample_scene(random.Random(3))))
+    assert not np.array_equal(pixels(scene), pixels(sample_scene(random.Random(4))))
+
+
+def test_views_of_one_object_differ_but_keep_its_colour_and_shape():
+    rng = random.Random(0)
+    a, b = (sample_scene(rng, shape="star", colour="red") for _ in range(2))
+    assert a.object == b.object == "red star"
+    assert not np.array_equal(pixels(a), pixels(b))
+
+
+@pytest.mark.parametrize("corpus", list(corpora.CORPORA))
+def test_corpora_are_determined_by_their_seed(corpus):
+    first = list(itertools.islice(corpora.CORPORA[corpus](7), 20))
+    again = list(itertools.islice(corpora.CORPORA[corpus](7), 20))
+    other = list(itertools.islice(corpora.CORPORA[corpus](8), 20))
+    assert first == again
+    assert first != other
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_tasks_are_determined_by_their_seed(task):
+    items = TASKS[task](5, 10, 8)
+    assert items == TASKS[task](5, 10, 8)
+    assert items != TASKS[task](6, 10, 8)
+    assert all(len(i.demos) == 8 and i.answer in i.candidates for i in items)
+
+
+def test_training_and_evaluation_names_are_disjoint_made_up_words():
+    assert not set(TRAIN_NAMES) & set(EVAL_NAMES)
+    assert len(set(TRAIN_NAMES)) == len(TRAIN_NAMES) and len(set(EVAL_NAMES)) == len(EVAL_NAMES)
+    attribute_words = {v for values in ATTRIBUTES.values() for v in values}
+    assert not (set(TRAIN_NAMES) | set(EVAL_NAMES)) & attribute_words
+
+
+def training_texts(n: int = 300):
+    for corpus in ("instruction", "reading", "described"):
+        for sample in itertools.islice(corpora.CORPORA[corpus](0), n):
+            yield f"{sample.text} {sample.target}"
+    for doc in itertools.islice(corpora.interleaved(0), n):
+        yield " ".join(text for _, text in doc.pairs)
+
+
+def test_no_training_corpus_contains_an_evaluation_name():
+    held_out = set(EVAL_NAMES)
+    assert all(not held_out & set(text.split()) for text in training_texts())
+
+
+def test_every_word_of_every_corpus_and_task_is_one_known_token():
+    tok = build_tokenizer()
+    texts = list(training_texts(100))
+    for task in TASKS.values():
+        for item in task(0, 20, 8):
+            texts += [item.prompt, item.answer, *(t for _, t in item.demos), *item.candidates]
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in ids, text
+        assert len(ids) == len(text.replace(IMAGE, " x ").split())  # one token per word, whitespace is free
+
+
+def test_fast_binding_demos_name_each_object_only_through_its_image():
+    for item in TASKS["fast_binding"](0, 50, 8):
+        texts = {t for _, t in item.demos}
+        assert texts == {
+            formats.NAME_DEMO.format(n=n) for n in item.candidates
+        }  # the text says no colour/shape
+        first_round = {t for _, t in item.demos[:2]}
+        assert len(first_round) == 2  # 2 shots = one demo per name
+        objects = {s.object for s, _ in item.demos}
+        assert item.query.object in objects and len(objects) == 2
+
+
+def test_world_data_writes_obelics_jsonl_with_images(tmp_path):
+    assert main(["world", "data", "--corpus", "interleaved", "--n", "3", "--out", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "interleaved.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert len(row["images"]) == len(row["texts"]) >= 4
+        assert all((img is None) != (txt is None) for img, txt in zip(row["images"], row["texts"]))
+        assert all((tmp_path / img).is_file() for img in row["images"] if img)
+    assert (
+        main(["world", "data", "--corpus", "interleaved", "--n", "3", "--out", str(tmp_path)]) == 2
+    )  # no overwrite
