@@ -11,7 +11,7 @@ import pytest
 
 from aim_icl.cli import main
 from aim_icl.world import corpora, formats
-from aim_icl.world.names import EVAL_NAMES, TRAIN_NAMES
+from aim_icl.world.names import ALL_NAMES, EVAL_NAMES, TRAIN_NAMES
 from aim_icl.world.scene import ATTRIBUTES, IMAGE_SIZE, sample_scene
 from aim_icl.world.tasks import TASKS
 from aim_icl.world.tokenizer import build_tokenizer
@@ -74,7 +74,7 @@ def test_no_training_corpus_contains_an_evaluation_name():
     assert all(not held_out & set(text.split()) for text in training_texts())
 
 
-def test_every_word_of_every_corpus_and_task_is_one_known_token():
+def test_every_word_of_every_corpus_and_task_is_a_known_token_and_names_are_two():
     tok = build_tokenizer()
     texts = list(training_texts(100))
     for task in TASKS.values():
@@ -83,7 +83,8 @@ def test_every_word_of_every_corpus_and_task_is_one_known_token():
     for text in texts:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert tok.unk_token_id not in ids, text
-        assert len(ids) == len(text.replace(IMAGE, " x ").split())  # one token per word, whitespace is free
+        words = text.replace(IMAGE, " x ").split()
+        assert len(ids) == len(words) + sum(w in ALL_NAMES for w in words)  # whitespace costs no token
 
 
 def test_fast_binding_demos_name_each_object_only_through_its_image():

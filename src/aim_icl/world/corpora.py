@@ -1,0 +1,216 @@
+"""The world's corpora, each an endless generator fully determined by its seed.
+
+1. `instruction`: single-image questions and captions (LLaVA-style instruction data).
+2. `reading`: text-only documents that bind made-up names to described objects and use them later, in many
+   surface formats, plus copying documents.
+3. `described`: single-image samples whose text context describes named objects (or captions in one style) before
+   the image; the target names the pictured object (or captions it in that style). Still one image per sample.
+4. `interleaved`: multi-image documents for training the AIM projector: generic ones, and ones whose last pair
+   shows an object seen earlier, so its text refers back (training names only).
+
+Corpora 1-3 (pretraining) yield `Sample`s; corpus 4 yields `Document`s. Corpus 5 (evaluation) is in `tasks.py`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from aim_icl.world import formats
+from aim_icl.world.names import TRAIN_NAMES
+from aim_icl.world.scene import ATTRIBUTES, COLOURS, SHAPES, Scene, sample_scene
+from aim_icl.world.vocab import IMAGE, WORDS
+
+_PLAIN_WORDS = tuple(w for w in WORDS if w.isalpha())
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training sample: `text` (at most one image marker, where `scene` is shown), then the `target` text.
+
+    The LM loss is on `target` alone; text-only documents have an empty `text` and the whole document as target.
+    """
+
+    text: str
+    target: str
+    scene: Scene | None = None
+
+
+@dataclass(frozen=True)
+class Document:
+    """An interleaved document: (scene, text) pairs in reading order; `kind` is "generic" or "reference"."""
+
+    pairs: tuple[tuple[Scene, str], ...]
+    kind: str
+
+
+def instruction(seed: int) -> Iterator[Sample]:
+    return _endless(seed, instruction_sample)
+
+
+def reading(seed: int) -> Iterator[Sample]:
+    return _endless(seed, reading_sample)
+
+
+def copying(seed: int) -> Iterator[Sample]:
+    """The copying part of corpus 2 alone (a pretraining mixture can weight it separately)."""
+    return _endless(seed, lambda rng: Sample("", copy_document(rng)))
+
+
+def described(seed: int) -> Iterator[Sample]:
+    return _endless(seed, described_sample)
+
+
+def interleaved(seed: int) -> Iterator[Document]:
+    return _endless(seed, interleaved_document)
+
+
+CORPORA: dict[str, Callable[[int], Iterator]] = {
+    "instruction": instruction,
+    "reading": reading,
+    "copying": copying,
+    "described": described,
+    "interleaved": interleaved,
+}
+
+
+def _endless(seed: int, make: Callable[[random.Random], object]) -> Iterator:
+    rng = random.Random(seed)
+    while True:
+        yield make(rng)
+
+
+# -- corpus 1: single-image instruction data ----------------------------------------------------------------
+
+
+def instruction_sample(rng: random.Random) -> Sample:
+    scene = sample_scene(rng)
+    prompt, answer = question(rng, scene)
+    return Sample(f"{IMAGE} {prompt}", answer, scene)
+
+
+def question(rng: random.Random, scene: Scene) -> tuple[str, str]:
+    """A (question, answer) pair about the scene: an attribute, the object, its caption, or a yes/no check."""
+    if rng.random() < 0.15:
+        attribute = rng.choice(tuple(ATTRIBUTES))
+        value = rng.choice(ATTRIBUTES[attribute])
+        answer = "yes" if getattr(scene, attribute) == value else "no"
+        return formats.YES_NO[0].format(value=value), formats.YES_NO[1].format(answer=answer)
+    prompt, answer = rng.choice(formats.QUESTIONS[rng.choice(tuple(formats.QUESTIONS))])
+    return prompt, fill(answer, scene)
+
+
+def fill(template: str, scene: Scene) -> str:
+    return template.format(
+        shape=scene.shape,
+        colour=scene.colour,
+        size=scene.size,
+        position=scene.position,
+        caption=scene.caption(),
+    )
+
+
+# -- corpus 2: text-only reading documents ------------------------------------------------------------------
+
+
+def reading_sample(rng: random.Random) -> Sample:
+    document = copy_document(rng) if rng.random() < 0.3 else binding_document(rng)
+    return Sample("", document)
+
+
+def binding_document(rng: random.Random) -> str:
+    """Names bound to described objects, then used: recalls of a name from its description, or the reverse."""
+    objects, names = distinct_objects(rng, rng.randint(2, 5)), rng.sample(TRAIN_NAMES, 5)
+    statements = binding_statements(rng, objects, names)
+    for _ in range(rng.randint(1, 4)):
+        i = rng.randrange(len(objects))
+        prompt, answer = rng.choice(formats.RECALLS)
+        statements.append(f"{prompt} {answer}".format(d=objects[i], n=names[i]))
+    return " ".join(statements)
+
+
+def copy_document(rng: random.Random) -> str:
+    """A random sequence of names and words, repeated: in-context copying is learnt here first."""
+    sequence = " ".join(rng.choices(TRAIN_NAMES + _PLAIN_WORDS, k=rng.randint(3, 10)))
+    document = rng.choice(formats.COPIES).format(s=sequence)
+    return f"{document} {sequence} ." if rng.random() < 0.5 else document
+
+
+def binding_statements(
+    rng: random.Random, objects: list[str], names: list[str], repeats: int = 1
+) -> list[str]:
+    """Each object bound to its name `1..repeats` times, in shuffled order, in one format or mixed formats."""
+    one_format = rng.choice(formats.BINDINGS) if rng.random() < 0.6 else None
+    order = [i for i in range(len(objects)) for _ in range(rng.randint(1, repeats))]
+    rng.shuffle(order)
+    return [(one_format or rng.choice(formats.BINDINGS)).format(d=objects[i], n=names[i]) for i in order]
+
+
+def distinct_objects(rng: random.Random, count: int) -> list[str]:
+    """`count` distinct "colour shape" descriptions (two may share a colour or a shape)."""
+    pairs = rng.sample([(c, s) for c in COLOURS for s in SHAPES], count)
+    return [f"{c} {s}" for c, s in pairs]
+
+
+# -- corpus 3: single-image samples with named objects described in the context ------------------------------
+
+
+def described_sample(rng: random.Random) -> Sample:
+    return caption_style_sample(rng) if rng.random() < 0.25 else naming_sample(rng)
+
+
+def naming_sample(rng: random.Random) -> Sample:
+    """Objects described and named in words, then the image of one of them: the target is its name."""
+    objects = distinct_objects(rng, rng.randint(2, 4))
+    names = rng.sample(TRAIN_NAMES, len(objects))
+    context = binding_statements(rng, objects, names, repeats=2)
+    pick = rng.randrange(len(objects))
+    colour, shape = objects[pick].split()
+    scene = sample_scene(rng, shape=shape, colour=colour)
+    query = rng.choice(formats.NAME_QUERIES)
+    return Sample(f"{' '.join(context)} {IMAGE} {query}", f"{names[pick]} .", scene)
+
+
+def caption_style_sample(rng: random.Random) -> Sample:
+    """Captions of other scenes in one style, then the image: the target captions it in that style."""
+    style = formats.CAPTION_STYLES[rng.choice(tuple(formats.CAPTION_STYLES))]
+    examples = [styled_caption(style, sample_scene(rng)) for _ in range(rng.randint(1, 4))]
+    scene = sample_scene(rng)
+    context = " ".join(f"{formats.CAPTION_PROMPT} {e}" for e in examples)
+    return Sample(f"{context} {IMAGE} {formats.CAPTION_PROMPT}", styled_caption(style, scene), scene)
+
+
+def styled_caption(style: str, scene: Scene) -> str:
+    return fill(style, scene)
+
+
+# -- corpus 4: interleaved multi-image documents ------------------------------------------------------------
+
+
+def interleaved_document(rng: random.Random) -> Document:
+    return reference_document(rng) if rng.random() < 0.6 else generic_document(rng)
+
+
+def generic_document(rng: random.Random) -> Document:
+    """Unrelated images, each with a question and its answer or a caption."""
+    pairs = []
+    for _ in range(rng.randint(2, 4)):
+        scene = sample_scene(rng)
+        prompt, answer = question(rng, scene)
+        pairs.append((scene, f"{prompt} {answer}"))
+    return Document(tuple(pairs), "generic")
+
+
+def reference_document(rng: random.Random) -> Document:
+    """Objects shown and named; the last image is a new view of one of them, its text names it again."""
+    objects = distinct_objects(rng, rng.randint(2, 3))
+    names = rng.sample(TRAIN_NAMES, len(objects))
+    order = [i for i in range(len(objects)) for _ in range(rng.randint(1, 2))]
+    rng.shuffle(order)
+    order.append(rng.randrange(len(objects)))
+    pairs = []
+    for i in order:
+        colour, shape = objects[i].split()
+        pairs.append((sample_scene(rng, shape=shape, colour=colour), formats.NAME_DEMO.format(n=names[i])))
+    return Document(tuple(pairs), "reference")
