@@ -194,7 +194,13 @@ class AIM:
 
     @torch.no_grad()
     def generate(
-        self, image, text: str, demos: Iterable[DemoLike] = (), mode: str = "aim", max_new_tokens: int = 32, **kwargs
+        self,
+        image,
+        text: str,
+        demos: Iterable[DemoLike] = (),
+        mode: str = "aim",
+        max_new_tokens: int = 32,
+        **kwargs,
     ) -> str:
         """Answer the query; returns the new tokens only, decoded."""
         return self.generate_from(self.build_inputs(image, text, demos, mode), max_new_tokens, **kwargs)
