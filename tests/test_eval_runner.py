@@ -125,3 +125,34 @@ def test_similarity_selection_through_the_bank(llava, tmp_path):
     rows = run_eval(llava, task, shots=[2], modes=["icl", "aim"], trials=1, selection="similarity",
                     bank=tmp_path / "bank.sqlite", limit=2, progress=False)  # fmt: skip
     assert {r["mode"] for r in rows} == {"icl", "aim"} and all(r["selection"] == "similarity" for r in rows)
+
+
+def test_items_with_their_own_demos_and_answer_sets(llava, monkeypatch):
+    """VL-ICL-style items: each query brings its demonstrations (selection "support") and its candidates."""
+
+    def item(i: int) -> Item:
+        answers, fields = (f"dax{i}", f"wug{i}"), {"question": "name?"}
+        support = tuple(
+            Item(f"q{i}/demo{j}", tiny_image(10 * i + j), fields, (answers[j % 2],)) for j in range(3)
+        )
+        return Item(f"q{i}", tiny_image(i), fields, (answers[i % 2],), support, answers)
+
+    task = Task("own", "Question: {question} Answer:", ("likelihood_accuracy",), max_new_tokens=2)
+    task = task.with_items([], [item(i) for i in range(3)])
+    scored, read = [], []
+    score, encode = llava.score, llava.encode
+    monkeypatch.setattr(llava, "score", lambda *a, **k: scored.append(tuple(a[2])) or score(*a, **k))
+    monkeypatch.setattr(
+        llava, "encode", lambda demos, batch_size=8: read.extend(demos) or encode(demos, batch_size)
+    )
+    rows = run_eval(
+        llava, task, shots=[1, 3], modes=["text", "aim"], trials=1, selection="support", progress=False
+    )
+
+    assert {(r["mode"], r["shots"]) for r in rows} == {("text", 1), ("text", 3), ("aim", 1), ("aim", 3)}
+    assert set(scored) == {(f"dax{i}", f"wug{i}") for i in range(3)}  # each query ranks its own candidates
+    assert sorted(d.text for d in read) == sorted(
+        f"Question: name? Answer: {a}" for i in range(3) for a in (f"dax{i}", f"wug{i}", f"dax{i}")
+    )  # own demos, read once
+    with pytest.raises(AIMError, match="4 shots need 4 demos per query"):
+        run_eval(llava, task, shots=[4], modes=["aim"], trials=1, selection="support", progress=False)

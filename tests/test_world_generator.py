@@ -48,10 +48,11 @@ def test_corpora_are_determined_by_their_seed(corpus):
 
 @pytest.mark.parametrize("task", list(TASKS))
 def test_tasks_are_determined_by_their_seed(task):
-    items = TASKS[task](5, 10, 8)
-    assert items == TASKS[task](5, 10, 8)
-    assert items != TASKS[task](6, 10, 8)
-    assert all(len(i.demos) == 8 and i.answer in i.candidates for i in items)
+    items = TASKS[task](5, 10, 8).test
+    assert contents(items) == contents(TASKS[task](5, 10, 8).test)
+    assert contents(items) != contents(TASKS[task](6, 10, 8).test)
+    assert all(len(i.support) == 8 and i.answers[0] in i.candidates for i in items)
+    assert len({demo.id for i in items for demo in i.support}) == 80  # unique: each demo is read once per run
 
 
 def test_training_and_evaluation_names_are_disjoint_made_up_words():
@@ -77,9 +78,11 @@ def test_no_training_corpus_contains_an_evaluation_name():
 def test_every_word_of_every_corpus_and_task_is_a_known_token_and_names_are_two():
     tok = build_tokenizer()
     texts = list(training_texts(100))
-    for task in TASKS.values():
-        for item in task(0, 20, 8):
-            texts += [item.prompt, item.answer, *(t for _, t in item.demos), *item.candidates]
+    for build in TASKS.values():
+        task = build(0, 20, 8)
+        for item in task.test:
+            texts += [task.query_text(item), *item.answers, *item.candidates]
+            texts += [task.demo(demo).text for demo in item.support]
     for text in texts:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert tok.unk_token_id not in ids, text
@@ -88,15 +91,23 @@ def test_every_word_of_every_corpus_and_task_is_a_known_token_and_names_are_two(
 
 
 def test_fast_binding_demos_name_each_object_only_through_its_image():
-    for item in TASKS["fast_binding"](0, 50, 8):
-        texts = {t for _, t in item.demos}
-        assert texts == {
-            formats.NAME_DEMO.format(n=n) for n in item.candidates
-        }  # the text says no colour/shape
-        first_round = {t for _, t in item.demos[:2]}
-        assert len(first_round) == 2  # 2 shots = one demo per name
-        objects = {s.object for s, _ in item.demos}
-        assert item.query.object in objects and len(objects) == 2
+    task = TASKS["fast_binding"](0, 50, 8)
+    for item in task.test:
+        texts = {task.demo(demo).text for demo in item.support}
+        assert texts == {f"{formats.NAME_QUERY} {name}" for name in item.candidates}  # no colour or shape
+        assert {demo.answers for demo in item.support[:2]} == {(n,) for n in item.candidates}  # 2 shots: both
+        objects = {scene_of(demo).object for demo in item.support}
+        assert scene_of(item).object in objects and len(objects) == 2
+
+
+def scene_of(item):
+    return item.image.__self__  # items render their scene lazily
+
+
+def contents(items) -> list:
+    return [
+        (i.answers, i.candidates, scene_of(i), [(d.answers, scene_of(d)) for d in i.support]) for i in items
+    ]
 
 
 def test_world_data_writes_obelics_jsonl_with_images(tmp_path):

@@ -2,14 +2,15 @@
 
 `aim-icl world pretrain` reproduces the shipped model (seeded; about 20 minutes on 2 CPU cores);
 `aim-icl world data` writes a corpus as OBELICS-style JSONL (corpus `interleaved` is what the projector trains on);
-`aim-icl world check` measures single-image QA and binding read from text (what `aim` mode can reach at best);
-`aim-icl world train-projector` and `aim-icl world eval` are the provisional projector training and evaluation.
+`aim-icl world check` measures single-image QA and binding read from text (what `aim` mode can reach at best).
+The projector is trained by `aim-icl train` on the `interleaved` export; `aim-icl demo` evaluates both.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from aim_icl.errors import AIMError
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(getattr(args, "threads", 2))
     return ACTIONS[args.action][1](args)
 
 
@@ -35,7 +36,9 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="directory for the model + processor (HF format)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vision-steps", type=int, help="stage 1 steps (default: the recipe's)")
-    p.add_argument("--lm-steps", type=int, help="stage 2 steps (default: the recipe's)")
+    p.add_argument(
+        "--lm-steps", type=int, help="stage 2 steps, the curriculum scaled to them (default: 4000)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
     _add_threads(p)
 
@@ -48,8 +51,11 @@ def _pretrain(args: argparse.Namespace) -> int:
         raise AIMError(
             f"{args.out} already holds a model; pass --overwrite to replace it or choose another --out"
         )
-    steps = {"vision_steps": args.vision_steps, "lm_steps": args.lm_steps}
-    config = PretrainConfig(seed=args.seed, **{k: v for k, v in steps.items() if v is not None})
+    config = PretrainConfig(seed=args.seed)
+    if args.vision_steps is not None:
+        config = replace(config, vision_steps=args.vision_steps)
+    if args.lm_steps is not None:
+        config = config.with_lm_steps(args.lm_steps)
     model, processor, record = pretrain(config)
     save_model(model, processor, args.out, record)
     print(json.dumps(record["metrics"]), f"({record['seconds']:.0f} s) -> {args.out}")
@@ -92,7 +98,7 @@ def _check(args: argparse.Namespace) -> int:
     from aim_icl.world import formats
     from aim_icl.world.measure import qa_accuracy, text_binding
 
-    aim = _load(args.model, None)
+    aim = _load(args.model)
     qa = qa_accuracy(aim, args.seed, args.n)
     print("single-image QA accuracy:", " ".join(f"{k}={v:.3f}" for k, v in qa.items()))
     print("binding read from text, 2-way, held-out names (ranking accuracy):")
@@ -101,72 +107,22 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- train-projector (provisional) ---------------------------------------------------------------------------
+# -- ship ----------------------------------------------------------------------------------------------------
 
 
-def _add_train_projector(p: argparse.ArgumentParser) -> None:
-    _add_model(p)
-    p.add_argument("--out", type=Path, required=True, help="directory for the projector")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=1300)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    _add_threads(p)
+def _add_ship(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, required=True, help="a model `aim-icl world pretrain` wrote")
+    p.add_argument(
+        "--projector", type=Path, required=True, help="the --output of `aim-icl train` on that model"
+    )
+    p.add_argument("--to", type=Path, help="destination (default: the package's shipped checkpoint)")
 
 
-def _train_projector(args: argparse.Namespace) -> int:
-    from aim_icl.world.projector_training import ProjectorTrainConfig, train_projector
+def _ship(args: argparse.Namespace) -> int:
+    from aim_icl.world.checkpoint import CHECKPOINT_DIR, ship
 
-    aim = _load(args.model, None)
-    config = ProjectorTrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr)
-    record = train_projector(aim, config)
-    save_shipped_projector(aim, args.out, record)
-    print(json.dumps(record), "->", args.out)
-    return 0
-
-
-def save_shipped_projector(aim, directory: Path, record: dict) -> None:
-    """Save with a path-free backbone name, so the projector loads wherever the model directory lies."""
-    from dataclasses import replace
-
-    from aim_icl.core.projector import save_projector
-    from aim_icl.world.checkpoint import write_fingerprint
-
-    config = replace(aim.projector_config, backbone=replace(aim.projector_config.backbone, name_or_path=""))
-    save_projector(aim.projector, config, directory)
-    write_fingerprint(directory, record)
-
-
-# -- eval (provisional) --------------------------------------------------------------------------------------
-
-
-def _add_eval(p: argparse.ArgumentParser) -> None:
-    from aim_icl.core.aim import MODES
-    from aim_icl.world.tasks import TASKS
-
-    _add_model(p)
-    p.add_argument("--projector", type=Path, help="projector directory (default: fit the copy map only)")
-    p.add_argument("--seed", type=int, default=1, help="draws the evaluation items")
-    p.add_argument("--n", type=int, default=200, help="items per task")
-    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=["fast_binding"])
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--shots", type=int, nargs="+", default=[0, 1, 2, 4, 8])
-    p.add_argument("--no-generate", action="store_true", help="ranking only (faster)")
-    p.add_argument("--json", type=Path, help="also write the rows here")
-    _add_threads(p)
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from aim_icl.world.corpora import interleaved
-    from aim_icl.world.measure import fit_copy_map, format_rows, run_tasks
-
-    aim = _load(args.model, args.projector)
-    if args.projector is None:
-        fit_copy_map(aim, interleaved(12345))
-    rows = run_tasks(aim, args.seed, args.tasks, args.modes, args.shots, args.n, not args.no_generate)
-    print(format_rows(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    ship(args.model, args.projector, args.to or CHECKPOINT_DIR)
+    print(f"shipped {args.model} + {args.projector} -> {args.to or CHECKPOINT_DIR}")
     return 0
 
 
@@ -181,7 +137,7 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
 
 
-def _load(model: Path | None, projector: Path | None):
+def _load(model: Path | None):
     import logging
 
     from aim_icl.core.aim import AIM
@@ -191,17 +147,16 @@ def _load(model: Path | None, projector: Path | None):
     model = model or MODEL_DIR
     if not (Path(model) / "config.json").is_file():
         raise AIMError(f"no world model in {model}; run `aim-icl world pretrain --out DIR` first")
-    return AIM.from_pretrained(model, projector=projector)
+    return AIM.from_pretrained(model)
 
 
 ACTIONS = {
     "pretrain": (_add_pretrain, _pretrain, "pretrain the world's tiny MLLM (corpora 1-3, seeded)"),
     "data": (_add_data, _data, "write a world corpus as OBELICS-style JSONL + PNG images"),
     "check": (_add_check, _check, "single-image QA accuracy and binding read from text"),
-    "train-projector": (
-        _add_train_projector,
-        _train_projector,
-        "provisional AIM projector training (corpus 4)",
+    "ship": (
+        _add_ship,
+        _ship,
+        "copy a pretrained model and its trained projector into the package, fingerprinted",
     ),
-    "eval": (_add_eval, _eval, "provisional evaluation of the world tasks in the four modes"),
 }

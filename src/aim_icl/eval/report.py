@@ -58,7 +58,7 @@ def plot_rows(rows: list[dict], directory: Path) -> list[Path]:
             selected = [r for r in task_rows if r["metric"] == (metrics[0] if name == "memory" else name)]
             fig = Figure(figsize=(5, 3.5))
             FigureCanvasAgg(fig)
-            _draw(fig.add_subplot(), selected, field, label, with_std=field == "value")
+            draw_metric(fig.add_subplot(), selected, field, label)
             fig.suptitle(task)
             fig.tight_layout()
             path = directory / f"{task}_{name}.png"
@@ -67,7 +67,9 @@ def plot_rows(rows: list[dict], directory: Path) -> list[Path]:
     return paths
 
 
-def _draw(ax, rows: list[dict], field: str, label: str, with_std: bool) -> None:
+def draw_metric(ax, rows: list[dict], field: str, label: str) -> None:
+    """`field` against shots, one line per mode starting at the zero-shot point (error bars: std of values)."""
+    with_std = field == "value"
     zero = next((r for r in rows if r["shots"] == 0), None)
     modes = [m for m in MODES if m != "zero" and any(r["mode"] == m for r in rows)]
     for mode in modes:

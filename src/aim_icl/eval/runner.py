@@ -25,7 +25,7 @@ from aim_icl.eval.aggregate import rows_from_records
 from aim_icl.eval.demos import DemoSource, open_pool_bank
 from aim_icl.eval.memory import PeakMemory, synchronize
 from aim_icl.eval.scoring import METRICS, needs_scores
-from aim_icl.eval.selection import SELECTORS, Selector, draw_pool
+from aim_icl.eval.selection import SELECTORS, Selector, draw_pool, support_pool
 from aim_icl.eval.store import PredictionStore
 from aim_icl.eval.task import Item, Task
 
@@ -69,13 +69,18 @@ def run_eval(
 
     With `output_dir`, predictions are appended there as they are made (a rerun skips what is done) and the
     results JSON, Markdown table and plots are written there. Queries: the first `limit` evaluation items; demos:
-    `selection` from a pool of `pool_size` train items drawn with `seed`; trial t uses seed `seed + t`.
+    `selection` from a pool of `pool_size` train items drawn with `seed`; trial t uses seed `seed + t`. With
+    selection `support`, a query's k demos are the first k of its own (`Item.support`), the same in every trial.
     """
     _check_arguments(task, shots, modes, trials, selection)
-    pool = demo_pool(task, pool_size, seed, max(shots) if set(modes) - {"zero"} else 0)
+    queries = task.test if limit is None else task.test[:limit]
+    max_shots = max(shots) if set(modes) - {"zero"} else 0
+    if selection == "support":
+        pool = support_pool(queries, max_shots)
+    else:
+        pool = demo_pool(task, pool_size, seed, max_shots)
     state = process_state(aim.backbone.device.type == "cpu")
     directory = None if output_dir is None else Path(output_dir)
-    queries = task.test if limit is None else task.test[:limit]
     store = PredictionStore(directory, state.process_index, state.num_processes)
     if directory is not None:
         config = run_config(aim, task, selection, seed, pool_size, max_new_tokens, bank is not None)
@@ -156,7 +161,8 @@ def answer_query(aim: AIM, task: Task, item: Item, demos: list, mode: str, max_n
     start = time.perf_counter()
     inputs = aim.build_inputs(image, text, demos, mode)
     generated = aim.generate_from(inputs, max_new_tokens)
-    scores = score_candidates(aim, image, text, task.candidates, demos, mode) if needs_scores(task) else None
+    candidates = task.candidates_for(item)
+    scores = score_candidates(aim, image, text, candidates, demos, mode) if needs_scores(task) else None
     synchronize(aim.backbone.device)
     latency_ms = (time.perf_counter() - start) * 1000
     return {
@@ -234,14 +240,14 @@ def _check_arguments(task: Task, shots, modes, trials: int, selection: str) -> N
     if not shots or any(k < 0 for k in shots) or trials < 1:
         raise AIMError("give at least one shot count, all >= 0, and trials >= 1")
     SELECTORS.get(selection)
-    if selection == "similarity" and trials > 1:
-        logger.warning("similarity selection gives every trial the same demos; --trials 1 costs less")
+    if selection in ("similarity", "support") and trials > 1:
+        logger.warning("%s selection gives every trial the same demos; --trials 1 costs less", selection)
     if not task.test:
         raise AIMError(f"task {task.name!r} has no evaluation items; load it first (task.loaded(paths))")
     for name in task.metric_names():
         METRICS.get(name)
-    if needs_scores(task) and len(task.candidates) < 2:
-        raise AIMError(f"task {task.name!r} scores candidates but has fewer than two")
+    if needs_scores(task) and any(len(task.candidates_for(q)) < 2 for q in task.test):
+        raise AIMError(f"task {task.name!r} scores candidates but an item has fewer than two")
 
 
 def _key(cell: Cell, query: Item) -> tuple[str, int, int, str]:

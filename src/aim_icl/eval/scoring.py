@@ -52,7 +52,7 @@ def _ranked(records, items, task) -> float:
     """Classification by likelihood: the candidate the model scores highest, against the references."""
     hits = []
     for r in records:
-        best = task.candidates[int(np.argmax(r["scores"]))]
+        best = task.candidates_for(items[r["id"]])[int(np.argmax(r["scores"]))]
         hits.append(max(exact_match(best, a) for a in items[r["id"]].answers))
     return float(np.mean(hits))
 

@@ -1,4 +1,5 @@
-"""Which pool demos each query gets: the fixed demo pool, and pluggable selectors (`random`, `similarity`).
+"""Which pool demos each query gets: the fixed demo pool, and pluggable selectors (`random`, `similarity`,
+`support`: each query's own demonstrations).
 
 A selector is a pure function of (query, k, seed): a query's demos never depend on which process evaluates it or
 on what ran before, so a sharded or resumed run selects exactly what a single uninterrupted run selects. Selections
@@ -67,5 +68,31 @@ def similarity_selection(pool: list[Item], bank: PoolBank | None = None, **_) ->
         exclude = outside | own.get(query.id, set())
         picked = bank.bank.select(query.load_image(), k, strategy="similarity", seed=seed, exclude=exclude)
         return [index[demo.key] for demo in picked]
+
+    return select
+
+
+def support_pool(queries: list[Item], max_shots: int) -> list[Item]:
+    """Every query's own demonstrations (`Item.support`) in one pool, so each is read once per run."""
+    pool = [demo for query in queries for demo in query.support]
+    short = next((q for q in queries if len(q.support) < max_shots), None)
+    if short is not None:
+        raise AIMError(
+            f"{max_shots} shots need {max_shots} demos per query, but item {short.id!r} brings "
+            f"{len(short.support)}; use fewer shots or another --selection"
+        )
+    ids = [demo.id for demo in pool]
+    if len(set(ids)) != len(ids):
+        raise AIMError("support demos need ids unique across the task (e.g. '<query id>/<n>')")
+    return pool
+
+
+@SELECTORS.register("support")
+def support_selection(pool: list[Item], **_) -> Selector:
+    """The query's own demonstrations, the first k in their given order (every trial the same)."""
+    index = {item.id: i for i, item in enumerate(pool)}
+
+    def select(query: Item, k: int, seed: int) -> list[int]:
+        return [index[demo.id] for demo in query.support[:k]]
 
     return select

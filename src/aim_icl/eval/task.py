@@ -29,6 +29,8 @@ class Item:
     image: Any  # path, PIL image, bytes, or a zero-argument callable returning one (lazily read rows)
     fields: Mapping[str, str] = field(default_factory=dict)  # e.g. {"question": "what colour is it?"}
     answers: tuple[str, ...] = ()  # human answers, reference captions, or the one label
+    support: tuple[Item, ...] = ()  # the query's own demonstrations, in order (selection "support")
+    candidates: tuple[str, ...] = ()  # the query's own closed answer set (overrides the task's)
 
     def load_image(self) -> Image.Image | None:
         image = self.image() if callable(self.image) else self.image
@@ -88,7 +90,8 @@ class Task:
     fields plus `query` (the rendered query) and `answer`. `metrics`: names in `aim_icl.eval.scoring.METRICS`,
     headline first. `candidates`: a closed answer set, ranked by the model's likelihood in every mode next to the
     generated answer (the first candidate is the positive class for `roc_auc`); with `closed_set=True` and no
-    candidates, the distinct answers of the data are the set.
+    candidates, the distinct answers of the data are the set. Items may carry their own candidates and their own
+    demonstrations (`Item.support`, VL-ICL-style tasks where each query comes with its support set).
     """
 
     name: str
@@ -117,9 +120,12 @@ class Task:
     def metric_names(self) -> tuple[str, ...]:
         """The task's metrics, plus likelihood ranking and exact match wherever the answer set is closed."""
         names = list(self.metrics)
-        if self.candidates:
+        if self.candidates or any(item.candidates for item in self.test[:1]):
             names += [m for m in ("likelihood_accuracy", "exact_match") if m not in names]
         return tuple(names)
+
+    def candidates_for(self, item: Item) -> tuple[str, ...]:
+        return item.candidates or self.candidates
 
     def loaded(self, paths: DataPaths, eval_split: str | None = None) -> Task:
         """A copy holding the train split (the demo pool's source) and the evaluation split."""

@@ -17,6 +17,9 @@ CHECKPOINT_DIR = Path(__file__).parent / "checkpoint"
 MODEL_DIR = CHECKPOINT_DIR / "model"
 PROJECTOR_DIR = CHECKPOINT_DIR / "projector"
 FINGERPRINT = "fingerprint.json"
+PROJECTOR_TRAINING = (
+    Path(__file__).parent / "projector.yaml"
+)  # `aim-icl train --config` for the shipped projector
 
 
 def sha256(path: Path) -> str:
@@ -69,3 +72,44 @@ def save_model(model, processor, directory: Path, record: dict) -> Path:
         shutil.rmtree(directory)
     staging.rename(directory)  # only a complete save replaces the old one
     return directory
+
+
+def load_shipped(model: Path | None = None, projector: Path | None = None):
+    """The world model with its AIM projector (default: the shipped ones), as an `AIM`."""
+    from aim_icl.core.aim import AIM
+
+    model, projector = Path(model or MODEL_DIR), Path(projector or PROJECTOR_DIR)
+    for directory, what in ((model / "config.json", "world model"), (projector / FINGERPRINT, "projector")):
+        if not directory.is_file():
+            raise AIMError(f"no {what} in {directory.parent}; pass --model/--projector or reinstall aim-icl")
+    return AIM.from_pretrained(model, projector=projector)
+
+
+def ship(model: Path, trained_projector: Path, destination: Path = CHECKPOINT_DIR) -> None:
+    """Copy a pretrained model and the projector `aim-icl train` made for it into `destination` (the package's
+    checkpoint by default), each with its fingerprint; the projector's record is its training config and summary."""
+    model, trained_projector, destination = Path(model), Path(trained_projector), Path(destination)
+    check_fingerprint(model)
+    config_path = trained_projector / "projector_config.json"
+    if not config_path.is_file():
+        raise AIMError(f"no trained projector in {trained_projector}; pass the --output of `aim-icl train`")
+    staging = destination.with_name(destination.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(model, staging / MODEL_DIR.name)
+    projector = staging / PROJECTOR_DIR.name
+    projector.mkdir()
+    config = json.loads(config_path.read_text())
+    config["backbone"]["name_or_path"] = ""  # the projector loads wherever the model directory lies
+    (projector / config_path.name).write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copyfile(trained_projector / "projector.safetensors", projector / "projector.safetensors")
+    import yaml
+
+    record = {
+        "training": yaml.safe_load((trained_projector / "train_config.yaml").read_text()),
+        "summary": json.loads((trained_projector / "summary.json").read_text()),
+    }
+    record["summary"].pop("output", None)
+    write_fingerprint(projector, record)
+    if destination.exists():
+        shutil.rmtree(destination)
+    staging.rename(destination)

@@ -23,6 +23,9 @@ from aim_icl.world.scene import ATTRIBUTES, COLOURS, SHAPES, Scene, sample_scene
 from aim_icl.world.vocab import IMAGE, WORDS
 
 _PLAIN_WORDS = tuple(w for w in WORDS if w.isalpha())
+RECALLS_PER_DOCUMENT = (1, 4)
+FOCUSED_RECALLS = False
+AMBIGUOUS_COPIES = 0.0  # the loss on the recalls alone (the statements are context)
 
 
 @dataclass(frozen=True)
@@ -115,24 +118,35 @@ def fill(template: str, scene: Scene) -> str:
 
 
 def reading_sample(rng: random.Random) -> Sample:
-    document = copy_document(rng) if rng.random() < 0.3 else binding_document(rng)
-    return Sample("", document)
+    if rng.random() < 0.3:
+        return Sample("", copy_document(rng))
+    statements, recalls = binding_document(rng)
+    return Sample(statements, recalls) if FOCUSED_RECALLS else Sample("", f"{statements} {recalls}")
 
 
-def binding_document(rng: random.Random) -> str:
-    """Names bound to described objects, then used: recalls of a name from its description, or the reverse."""
+def binding_document(rng: random.Random) -> tuple[str, str]:
+    """Names bound to described objects, then used: (the binding statements, the recalls of a name from its
+    description or the reverse)."""
     objects, names = distinct_objects(rng, rng.randint(2, 5)), rng.sample(TRAIN_NAMES, 5)
     statements = binding_statements(rng, objects, names)
-    for _ in range(rng.randint(1, 4)):
+    recalls = []
+    for _ in range(rng.randint(*RECALLS_PER_DOCUMENT)):
         i = rng.randrange(len(objects))
         prompt, answer = rng.choice(formats.RECALLS)
-        statements.append(f"{prompt} {answer}".format(d=objects[i], n=names[i]))
-    return " ".join(statements)
+        recalls.append(f"{prompt} {answer}".format(d=objects[i], n=names[i]))
+    return " ".join(statements), " ".join(recalls)
 
 
 def copy_document(rng: random.Random) -> str:
-    """A random sequence of names and words, repeated: in-context copying is learnt here first."""
-    sequence = " ".join(rng.choices(TRAIN_NAMES + _PLAIN_WORDS, k=rng.randint(3, 10)))
+    """A random sequence of names and words, repeated: in-context copying is learnt here first.
+
+    Some sequences repeat a few words ("red star blue star red circle"): the next word is then found only by
+    matching the two or three before it, the multi-word lookup that reading a binding ("the red star is") needs.
+    """
+    words = TRAIN_NAMES + _PLAIN_WORDS
+    if rng.random() < AMBIGUOUS_COPIES:
+        words = rng.sample(words, rng.randint(3, 6))
+    sequence = " ".join(rng.choices(words, k=rng.randint(3, 12)))
     document = rng.choice(formats.COPIES).format(s=sequence)
     return f"{document} {sequence} ." if rng.random() < 0.5 else document
 
@@ -203,12 +217,11 @@ def generic_document(rng: random.Random) -> Document:
 
 
 def reference_document(rng: random.Random) -> Document:
-    """Objects shown and named; the last image is a new view of one of them, its text names it again."""
+    """Objects shown and named, then new views of them whose texts name them again (the back-references)."""
     objects = distinct_objects(rng, rng.randint(2, 3))
     names = rng.sample(TRAIN_NAMES, len(objects))
-    order = [i for i in range(len(objects)) for _ in range(rng.randint(1, 2))]
-    rng.shuffle(order)
-    order.append(rng.randrange(len(objects)))
+    order = rng.sample(range(len(objects)), len(objects))
+    order += [rng.randrange(len(objects)) for _ in range(rng.randint(1, 4))]
     pairs = []
     for i in order:
         colour, shape = objects[i].split()

@@ -5,69 +5,85 @@
 - `caption_style`: the demos caption their images in one style ("circle , red ."); the query must be captioned
   in that style, which only the demos show.
 
-Items hold `max_shots` demos; the first k of them are the k-shot demos. Demos come in rounds that cover every
-class once (in a fresh order each round), so k = N, 2N, ... shots are balanced.
+Each builder returns an evaluation-harness `Task` (`aim_icl.eval`) whose items carry their own demonstrations
+(`Item.support`, evaluated with selection "support") and their own closed answer set (`Item.candidates`, ranked by
+likelihood next to the generated answer's exact match). An item holds `max_shots` demos; the k-shot demos are the
+first k. Demos come in rounds that cover every class once (in a fresh order each round), so k = N, 2N, ... shots
+are balanced. Answers end with the world's full stop, so no candidate is a prefix of another.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Callable
 
+from aim_icl.eval.task import Item, Task
 from aim_icl.world import formats
 from aim_icl.world.corpora import styled_caption
 from aim_icl.world.names import EVAL_NAMES
 from aim_icl.world.scene import COLOURS, SHAPES, Scene, sample_scene
 
 
-@dataclass(frozen=True)
-class TaskItem:
-    query: Scene
-    prompt: str
-    demos: tuple[tuple[Scene, str], ...]  # (scene, text), max_shots of them
-    answer: str
-    candidates: tuple[str, ...]  # the closed answer set, for likelihood ranking
+def first_sentence(text: str) -> str:
+    """A generated answer up to and including its first full stop (the model may go on with another)."""
+    head, stop, _ = text.strip().partition(" .")
+    return head + stop
 
 
-def fast_binding(seed: int, n_items: int = 200, n_way: int = 2, max_shots: int = 8) -> list[TaskItem]:
+def fast_binding(seed: int, n_items: int = 200, max_shots: int = 8, n_way: int = 2) -> Task:
     rng = random.Random(f"fast_binding/{n_way}/{seed}")
-    return [_binding_item(rng, n_way, max_shots) for _ in range(n_items)]
+    name = "fast_binding" if n_way == 2 else f"fast_binding_{n_way}way"
+    items = [_binding_item(rng, f"{name}/{seed}/{i}", n_way, max_shots) for i in range(n_items)]
+    return _task(name, formats.NAME_QUERY, ("likelihood_accuracy", "exact_match"), items, max_new_tokens=4)
 
 
-def _binding_item(rng: random.Random, n_way: int, max_shots: int) -> TaskItem:
+def _binding_item(rng: random.Random, item_id: str, n_way: int, max_shots: int) -> Item:
     colours = rng.sample(tuple(COLOURS), n_way)  # objects differ in colour and in shape
     shapes = rng.sample(SHAPES, n_way)
-    names = rng.sample(EVAL_NAMES, n_way)
-    demos = []
-    while len(demos) < max_shots:
-        for i in rng.sample(range(n_way), n_way):
-            scene = sample_scene(rng, shape=shapes[i], colour=colours[i])
-            demos.append((scene, formats.NAME_DEMO.format(n=names[i])))
+    names = [f"{n} ." for n in rng.sample(EVAL_NAMES, n_way)]
+    order = []
+    while len(order) < max_shots:
+        order += rng.sample(range(n_way), n_way)
+    demos = [(sample_scene(rng, shape=shapes[i], colour=colours[i]), names[i]) for i in order[:max_shots]]
     pick = rng.randrange(n_way)
     query = sample_scene(rng, shape=shapes[pick], colour=colours[pick])
-    return TaskItem(query, formats.NAME_QUERY, tuple(demos[:max_shots]), names[pick], tuple(names))
+    return _item(item_id, query, names[pick], demos, names)
 
 
-def caption_style(seed: int, n_items: int = 200, max_shots: int = 8) -> list[TaskItem]:
+def caption_style(seed: int, n_items: int = 200, max_shots: int = 8) -> Task:
     rng = random.Random(f"caption_style/{seed}")
-    return [_caption_item(rng, max_shots) for _ in range(n_items)]
+    items = [_caption_item(rng, f"caption_style/{seed}/{i}", max_shots) for i in range(n_items)]
+    metrics = ("exact_match", "likelihood_accuracy")
+    return _task("caption_style", formats.CAPTION_PROMPT, metrics, items, max_new_tokens=12)
 
 
-def _caption_item(rng: random.Random, max_shots: int) -> TaskItem:
-    style = rng.choice(tuple(formats.CAPTION_STYLES))
-    demos = []
-    for _ in range(max_shots):
-        scene = sample_scene(rng)
-        demos.append(
-            (scene, f"{formats.CAPTION_PROMPT} {styled_caption(formats.CAPTION_STYLES[style], scene)}")
-        )
+def _caption_item(rng: random.Random, item_id: str, max_shots: int) -> Item:
+    style = formats.CAPTION_STYLES[rng.choice(tuple(formats.CAPTION_STYLES))]
+    demos = [(scene, styled_caption(style, scene)) for scene in (sample_scene(rng) for _ in range(max_shots))]
     query = sample_scene(rng)
-    captions = {name: styled_caption(s, query) for name, s in formats.CAPTION_STYLES.items()}
-    return TaskItem(query, formats.CAPTION_PROMPT, tuple(demos), captions[style], tuple(captions.values()))
+    captions = [styled_caption(s, query) for s in formats.CAPTION_STYLES.values()]
+    return _item(item_id, query, styled_caption(style, query), demos, captions)
 
 
-TASKS = {
-    "fast_binding": lambda seed, n_items=200, max_shots=8: fast_binding(seed, n_items, 2, max_shots),
-    "fast_binding_4way": lambda seed, n_items=200, max_shots=8: fast_binding(seed, n_items, 4, max_shots),
+def _item(item_id: str, query: Scene, answer: str, demos: list[tuple[Scene, str]], candidates) -> Item:
+    support = tuple(Item(f"{item_id}/demo{j}", s.render, answers=(a,)) for j, (s, a) in enumerate(demos))
+    return Item(item_id, query.render, answers=(answer,), support=support, candidates=tuple(candidates))
+
+
+def _task(name: str, query: str, metrics: tuple[str, ...], items: list[Item], max_new_tokens: int) -> Task:
+    task = Task(
+        name,
+        query_template=query,
+        metrics=metrics,
+        demo_template="{query} {answer}",
+        postprocess=first_sentence,
+        max_new_tokens=max_new_tokens,
+    )
+    return task.with_items([], items)
+
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "fast_binding": fast_binding,
+    "fast_binding_4way": lambda seed, n_items=200, max_shots=8: fast_binding(seed, n_items, max_shots, 4),
     "caption_style": caption_style,
 }

@@ -1,0 +1,74 @@
+"""The demo's summary: one line per (task, mode, shots) with every metric and the costs, and one overview plot."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+COST = (
+    ("prompt_tokens", "tokens", ",.0f"),
+    ("peak_memory_mb", "peak MB", ",.0f"),
+    ("latency_ms", "ms/query", ".1f"),
+)
+
+
+def _cells(rows: list[dict]) -> dict[tuple, dict]:
+    cells: dict[tuple, dict] = defaultdict(dict)
+    for r in rows:
+        cell = cells[(r["task"], r["mode"], r["shots"])]
+        cell.update({k: r[k] for k, _, _ in COST}, **{r["metric"]: r["value"]})
+    return cells
+
+
+def summary_table(rows: list[dict]) -> str:
+    """A plain-text table: task, mode, shots, each metric of the task, then prompt tokens, peak memory, latency."""
+    lines = []
+    by_task = defaultdict(list)
+    for key, cell in _cells(rows).items():
+        by_task[key[0]].append((key, cell))
+    for task, cells in by_task.items():
+        metrics = list(dict.fromkeys(r["metric"] for r in rows if r["task"] == task))
+        header = ["mode", "shots", *metrics, *(label for _, label, _ in COST)]
+        body = [
+            [
+                mode,
+                str(shots),
+                *(f"{cell[m]:.3f}" for m in metrics),
+                *(format(cell[k], f) for k, _, f in COST),
+            ]
+            for (_, mode, shots), cell in cells
+        ]
+        widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+        lines += ["", task]
+        lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [header, *body]]
+    return "\n".join(lines[1:])
+
+
+def overview_plot(rows: list[dict], path: Path) -> Path:
+    """Each task's headline metric and the prompt length against shots, one line per mode."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from aim_icl.eval.report import draw_metric
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig = Figure(figsize=(4.2 * (len(tasks) + 1), 3.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(tasks) + 1, squeeze=False)[0]
+    for ax, task in zip(axes, tasks):
+        headline = next(r["metric"] for r in rows if r["task"] == task)
+        draw_metric(ax, [r for r in rows if (r["task"], r["metric"]) == (task, headline)], "value", headline)
+        ax.set_title(task)
+        ax.set_ylim(-0.02, 1.02)
+    first = tasks[0]
+    headline = next(r["metric"] for r in rows if r["task"] == first)
+    draw_metric(
+        axes[-1],
+        [r for r in rows if (r["task"], r["metric"]) == (first, headline)],
+        "prompt_tokens",
+        "prompt tokens",
+    )
+    axes[-1].set_title(f"{first}: prompt length")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
