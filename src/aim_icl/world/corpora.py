@@ -23,9 +23,8 @@ from aim_icl.world.scene import ATTRIBUTES, COLOURS, SHAPES, Scene, sample_scene
 from aim_icl.world.vocab import IMAGE, WORDS
 
 _PLAIN_WORDS = tuple(w for w in WORDS if w.isalpha())
-RECALLS_PER_DOCUMENT = (1, 4)
-FOCUSED_RECALLS = False
-AMBIGUOUS_COPIES = 0.0  # the loss on the recalls alone (the statements are context)
+RECALLS_PER_DOCUMENT = (2, 6)
+AMBIGUOUS_COPIES = 0.6  # share of copying documents that repeat a few words (see `copy_document`)
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,7 @@ def reading_sample(rng: random.Random) -> Sample:
     if rng.random() < 0.3:
         return Sample("", copy_document(rng))
     statements, recalls = binding_document(rng)
-    return Sample(statements, recalls) if FOCUSED_RECALLS else Sample("", f"{statements} {recalls}")
+    return Sample(statements, recalls)  # the loss on the recalls: the statements are their context
 
 
 def binding_document(rng: random.Random) -> tuple[str, str]:
@@ -207,13 +206,14 @@ def interleaved_document(rng: random.Random) -> Document:
 
 
 def generic_document(rng: random.Random) -> Document:
-    """Unrelated images, each with a question and its answer or a caption."""
-    pairs = []
-    for _ in range(rng.randint(2, 4)):
-        scene = sample_scene(rng)
-        prompt, answer = question(rng, scene)
-        pairs.append((scene, f"{prompt} {answer}"))
-    return Document(tuple(pairs), "generic")
+    """Unrelated images, each with a question and its answer, or all captioned in the page's one style."""
+    scenes = [sample_scene(rng) for _ in range(rng.randint(2, 5))]
+    if rng.random() < 0.5:
+        style = formats.CAPTION_STYLES[rng.choice(tuple(formats.CAPTION_STYLES))]
+        texts = [f"{formats.CAPTION_PROMPT} {styled_caption(style, s)}" for s in scenes]
+    else:
+        texts = [" ".join(question(rng, s)) for s in scenes]
+    return Document(tuple(zip(scenes, texts)), "generic")
 
 
 def reference_document(rng: random.Random) -> Document:

@@ -9,7 +9,8 @@ Each builder returns an evaluation-harness `Task` (`aim_icl.eval`) whose items c
 (`Item.support`, evaluated with selection "support") and their own closed answer set (`Item.candidates`, ranked by
 likelihood next to the generated answer's exact match). An item holds `max_shots` demos; the k-shot demos are the
 first k. Demos come in rounds that cover every class once (in a fresh order each round), so k = N, 2N, ... shots
-are balanced. Answers end with the world's full stop, so no candidate is a prefix of another.
+are balanced. Answers end with the world's full stop, so no candidate is a prefix of another; generation stops at
+the longest answer's length (a name is 3 tokens with its stop, the longest caption 9).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def fast_binding(seed: int, n_items: int = 200, max_shots: int = 8, n_way: int =
     rng = random.Random(f"fast_binding/{n_way}/{seed}")
     name = "fast_binding" if n_way == 2 else f"fast_binding_{n_way}way"
     items = [_binding_item(rng, f"{name}/{seed}/{i}", n_way, max_shots) for i in range(n_items)]
-    return _task(name, formats.NAME_QUERY, ("likelihood_accuracy", "exact_match"), items, max_new_tokens=4)
+    return _task(name, formats.NAME_QUERY, ("likelihood_accuracy", "exact_match"), items, max_new_tokens=3)
 
 
 def _binding_item(rng: random.Random, item_id: str, n_way: int, max_shots: int) -> Item:
@@ -54,7 +55,7 @@ def caption_style(seed: int, n_items: int = 200, max_shots: int = 8) -> Task:
     rng = random.Random(f"caption_style/{seed}")
     items = [_caption_item(rng, f"caption_style/{seed}/{i}", max_shots) for i in range(n_items)]
     metrics = ("exact_match", "likelihood_accuracy")
-    return _task("caption_style", formats.CAPTION_PROMPT, metrics, items, max_new_tokens=12)
+    return _task("caption_style", formats.CAPTION_PROMPT, metrics, items, max_new_tokens=9)
 
 
 def _caption_item(rng: random.Random, item_id: str, max_shots: int) -> Item:
