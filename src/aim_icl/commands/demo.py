@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="draws the evaluation items (names, objects, demos)"
     )
-    parser.add_argument("--items", type=int, default=100, help="queries per task")
+    parser.add_argument("--items", type=int, default=80, help="queries per task")
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(DEFAULT_TASKS))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--shots", type=int, nargs="+", default=[0, 1, 2, 4, 8])

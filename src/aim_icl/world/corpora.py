@@ -5,8 +5,9 @@
    surface formats, plus copying documents.
 3. `described`: single-image samples whose text context describes named objects (or captions in one style) before
    the image; the target names the pictured object (or captions it in that style). Still one image per sample.
-4. `interleaved`: multi-image documents for training the AIM projector: generic ones, and ones whose last pair
-   shows an object seen earlier, so its text refers back (training names only).
+4. `interleaved`: multi-image documents for training the AIM projector: generic ones (questions and answers, or
+   every image captioned in the page's one style), and ones whose later pairs show objects named earlier, so their
+   texts refer back (training names only).
 
 Corpora 1-3 (pretraining) yield `Sample`s; corpus 4 yields `Document`s. Corpus 5 (evaluation) is in `tasks.py`.
 """
