@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from aim_icl.core.aim import MODES
+from aim_icl.errors import AIMError
 
 DEFAULT_TASKS = ("fast_binding", "caption_style")
 
@@ -46,12 +47,10 @@ def run(args: argparse.Namespace) -> int:
     from aim_icl.world.report import overview_plot, summary_table
     from aim_icl.world.tasks import TASKS
 
+    if args.items < 1 or any(k < 0 for k in args.shots):
+        raise AIMError("--items must be at least 1 and --shots at least 0")
     torch.set_num_threads(args.threads)
     logging.getLogger("aim_icl").setLevel(logging.ERROR)
-    if args.items < 1 or any(k < 0 for k in args.shots):
-        from aim_icl.errors import AIMError
-
-        raise AIMError("--items must be at least 1 and --shots at least 0")
     aim = load_shipped(args.model, args.projector)
     rows = []
     for name in args.tasks:

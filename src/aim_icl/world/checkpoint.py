@@ -17,9 +17,8 @@ CHECKPOINT_DIR = Path(__file__).parent / "checkpoint"
 MODEL_DIR = CHECKPOINT_DIR / "model"
 PROJECTOR_DIR = CHECKPOINT_DIR / "projector"
 FINGERPRINT = "fingerprint.json"
-PROJECTOR_TRAINING = (
-    Path(__file__).parent / "projector.yaml"
-)  # `aim-icl train --config` for the shipped projector
+# `aim-icl train --config` for the shipped projector
+PROJECTOR_TRAINING = Path(__file__).parent / "projector.yaml"
 
 
 def sha256(path: Path) -> str:
@@ -88,6 +87,8 @@ def load_shipped(model: Path | None = None, projector: Path | None = None):
 def ship(model: Path, trained_projector: Path, destination: Path = CHECKPOINT_DIR) -> None:
     """Copy a pretrained model and the projector `aim-icl train` made for it into `destination` (the package's
     checkpoint by default), each with its fingerprint; the projector's record is its training config and summary."""
+    import yaml
+
     model, trained_projector, destination = Path(model), Path(trained_projector), Path(destination)
     check_fingerprint(model)
     config_path = trained_projector / "projector_config.json"
@@ -102,8 +103,6 @@ def ship(model: Path, trained_projector: Path, destination: Path = CHECKPOINT_DI
     config["backbone"]["name_or_path"] = ""  # the projector loads wherever the model directory lies
     (projector / config_path.name).write_text(json.dumps(config, indent=2) + "\n")
     shutil.copyfile(trained_projector / "projector.safetensors", projector / "projector.safetensors")
-    import yaml
-
     record = {
         "training": yaml.safe_load((trained_projector / "train_config.yaml").read_text()),
         "summary": json.loads((trained_projector / "summary.json").read_text()),
