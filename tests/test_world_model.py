@@ -24,17 +24,19 @@ from aim_icl.world.checkpoint import (
     load_shipped,
     weight_files,
 )
-from aim_icl.world.measure import qa_accuracy
+from aim_icl.world.measure import qa_accuracy, text_binding
 from aim_icl.world.recipe import IMAGE_TOKENS, build_model, build_processor
 from aim_icl.world.scene import sample_scene
 from aim_icl.world.tasks import caption_style, fast_binding
 
 # Quality floors for the shipped checkpoint on a seed no measurement used while building it: the values measured
-# when it was shipped (seed 2024, 100 items: QA 0.98; caption style in `aim` mode at 2 shots: ranking 0.96, exact
-# match 0.69) minus a margin for 100-item samples.
-QA_FLOOR = 0.9
+# when it was shipped (seed 2024, 100 items: QA 0.94; binding read from text 0.99; caption style in `aim` mode at
+# 2 shots: ranking 0.97, exact match 0.65; fast binding in `aim` mode at 4 shots: 0.63) minus a margin.
+QA_FLOOR = 0.85
+TEXT_BINDING_FLOOR = 0.85
 AIM_CAPTION_RANK_FLOOR = 0.85
-AIM_CAPTION_EXACT_FLOOR = 0.55
+AIM_CAPTION_EXACT_FLOOR = 0.5
+AIM_BINDING_FLOOR = 0.56  # above chance (0.5), far below the 0.9 target: see the README
 HELD_OUT_SEED = 2024
 
 
@@ -102,6 +104,11 @@ def test_shipped_model_answers_single_image_questions():
     assert qa_accuracy(shipped(), seed=HELD_OUT_SEED, n_items=100)["all"] >= QA_FLOOR
 
 
+def test_shipped_model_names_an_image_from_bindings_given_in_text():
+    """The LM skill fused tokens must reach: held-out names bound to objects in words, then the image."""
+    assert text_binding(shipped(), HELD_OUT_SEED, "this {d} {n} .", n_items=100) >= TEXT_BINDING_FLOOR
+
+
 def test_shipped_projector_reads_a_caption_style_off_fused_demos():
     """The single-image model gains what the demos show through fused tokens (with their images, `icl`, it fails)."""
     task = caption_style(HELD_OUT_SEED, n_items=100, max_shots=2)
@@ -127,6 +134,13 @@ def test_demo_runs_the_four_modes_through_the_harness(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "likelihood_accuracy" in out and "ms/query" in out
     assert (tmp_path / "demo.png").is_file() and (tmp_path / "results.md").is_file()
+
+
+def test_shipped_projector_binds_held_out_names_above_chance():
+    task = fast_binding(HELD_OUT_SEED, n_items=100, max_shots=4)
+    rows = run_eval(shipped(), task, shots=[4], modes=["aim"], trials=1, selection="support", progress=False)
+    ranked = next(r for r in rows if r["metric"] == "likelihood_accuracy")
+    assert ranked["value"] >= AIM_BINDING_FLOOR
 
 
 def test_too_few_own_demos_is_a_clear_error():

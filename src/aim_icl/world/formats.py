@@ -26,31 +26,28 @@ QUESTIONS = {
 YES_NO = ("is it {value} ?", "{answer} .")
 
 # corpora 2 and 3: ways to bind a name to a described object, short ones included (the frozen LM only reads
-# binding evidence in formats it was trained on, and fused tokens are as short as the demo's own text)
+# binding evidence in formats it was trained on, and fused tokens are as short as the demo's own text). The name
+# always follows the description directly: a 4-layer LM learns to look a name up by the word before it within a few
+# hundred steps, while through a connector ("the {d} is called {n}") it did not learn it in 3,000 (measured).
 BINDINGS = (
-    "a {d} . this is a {n} .",
-    "this {d} is a {n} .",
-    "the {d} is called {n} .",
-    "{n} is a {d} .",
-    "here is a {d} . it is a {n} .",
-    "a {d} named {n} .",
-    "we call the {d} {n} .",
-    "{n} , the {d} .",
-    "{d} : {n} .",
-    "{n} : {d} .",
-    "{d} = {n} .",
     "{d} {n} .",
-    "{n} {d} .",
-    "{d} is {n} .",
+    "a {d} {n} .",
+    "the {d} {n} .",
+    "this {d} {n} .",
+    "one {d} {n} .",
+    "here is a {d} {n} .",
+    "we call this {d} {n} .",
+    "look : a {d} {n} .",
+    "there is a {d} {n} .",
+    "and a {d} {n} .",
 )
-# later references in text-only documents: (prompt, answer)
+# later references in text-only documents: (prompt, answer); the prompt ends with the description
 RECALLS = (
-    ("the {d} is a", "{n} ."),
-    ("the {d} is called", "{n} ."),
-    ("{d} :", "{n} ."),
-    ("which one is the {d} ? the", "{n} ."),
-    ("{n} is a", "{d} ."),
-    ("what is a {n} ? a", "{d} ."),
+    ("the {d}", "{n} ."),
+    ("{d}", "{n} ."),
+    ("a {d}", "{n} ."),
+    ("which one is the {d} ? the {d}", "{n} ."),
+    ("so the {d}", "{n} ."),
 )
 # corpus 3 and the fast-binding task: the image, then a query for its name
 NAME_QUERIES = ("this is a", "this is a", "this is a", "it is a", "its name is", "name :")
