@@ -95,10 +95,14 @@ def _add_check(p: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    import logging
+
     from aim_icl.world import formats
+    from aim_icl.world.checkpoint import load_shipped
     from aim_icl.world.measure import qa_accuracy, text_binding
 
-    aim = _load(args.model)
+    logging.getLogger("aim_icl").setLevel(logging.ERROR)  # no projector needed: text and zero modes
+    aim = load_shipped(args.model, with_projector=False)
     qa = qa_accuracy(aim, args.seed, args.n)
     print("single-image QA accuracy:", " ".join(f"{k}={v:.3f}" for k, v in qa.items()))
     print("binding read from text, 2-way, held-out names (ranking accuracy):")
@@ -135,19 +139,6 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-
-
-def _load(model: Path | None):
-    import logging
-
-    from aim_icl.core.aim import AIM
-    from aim_icl.world.checkpoint import MODEL_DIR
-
-    logging.getLogger("aim_icl").setLevel(logging.ERROR)
-    model = model or MODEL_DIR
-    if not (Path(model) / "config.json").is_file():
-        raise AIMError(f"no world model in {model}; run `aim-icl world pretrain --out DIR` first")
-    return AIM.from_pretrained(model)
 
 
 ACTIONS = {

@@ -120,7 +120,7 @@ class Task:
     def metric_names(self) -> tuple[str, ...]:
         """The task's metrics, plus likelihood ranking and exact match wherever the answer set is closed."""
         names = list(self.metrics)
-        if self.candidates or any(item.candidates for item in self.test[:1]):
+        if self.candidates or (self.test and self.test[0].candidates):
             names += [m for m in ("likelihood_accuracy", "exact_match") if m not in names]
         return tuple(names)
 

@@ -73,15 +73,18 @@ def save_model(model, processor, directory: Path, record: dict) -> Path:
     return directory
 
 
-def load_shipped(model: Path | None = None, projector: Path | None = None):
-    """The world model with its AIM projector (default: the shipped ones), as an `AIM`."""
+def load_shipped(model: Path | None = None, projector: Path | None = None, with_projector: bool = True):
+    """The world model with its AIM projector (default: the shipped ones), as an `AIM`; without the projector,
+    `aim` mode gets an unfitted one (the other modes do not use it)."""
     from aim_icl.core.aim import AIM
 
     model, projector = Path(model or MODEL_DIR), Path(projector or PROJECTOR_DIR)
-    for directory, what in ((model / "config.json", "world model"), (projector / FINGERPRINT, "projector")):
-        if not directory.is_file():
-            raise AIMError(f"no {what} in {directory.parent}; pass --model/--projector or reinstall aim-icl")
-    return AIM.from_pretrained(model, projector=projector)
+    required = [(model / "config.json", "world model")]
+    required += [(projector / FINGERPRINT, "projector")] if with_projector else []
+    for path, what in required:
+        if not path.is_file():
+            raise AIMError(f"no {what} in {path.parent}; pass --model/--projector or reinstall aim-icl")
+    return AIM.from_pretrained(model, projector=projector if with_projector else None)
 
 
 def ship(model: Path, trained_projector: Path, destination: Path = CHECKPOINT_DIR) -> None:

@@ -32,7 +32,7 @@ AMBIGUOUS_COPIES = 0.6  # share of copying documents that repeat a few words (se
 class Sample:
     """One training sample: `text` (at most one image marker, where `scene` is shown), then the `target` text.
 
-    The LM loss is on `target` alone; text-only documents have an empty `text` and the whole document as target.
+    The LM loss is on `target` alone; copying documents have an empty `text` and the whole document as target.
     """
 
     text: str
@@ -125,8 +125,8 @@ def reading_sample(rng: random.Random) -> Sample:
 
 
 def binding_document(rng: random.Random) -> tuple[str, str]:
-    """Names bound to described objects, then used: (the binding statements, the recalls of a name from its
-    description or the reverse)."""
+    """Names bound to described objects, then used: (the binding statements, the recalls of names from their
+    descriptions)."""
     objects, names = distinct_objects(rng, rng.randint(2, 5)), rng.sample(TRAIN_NAMES, 5)
     statements = binding_statements(rng, objects, names)
     recalls = []
@@ -141,7 +141,7 @@ def copy_document(rng: random.Random) -> str:
     """A random sequence of names and words, repeated: in-context copying is learnt here first.
 
     Some sequences repeat a few words ("red star blue star red circle"): the next word is then found only by
-    matching the two or three before it, the multi-word lookup that reading a binding ("the red star is") needs.
+    matching the two or three before it, the multi-word lookup that reading a binding ("the red star" -> its name) needs.
     """
     words = TRAIN_NAMES + _PLAIN_WORDS
     if rng.random() < AMBIGUOUS_COPIES:

@@ -56,19 +56,18 @@ def overview_plot(rows: list[dict], path: Path) -> Path:
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(tasks) + 1, squeeze=False)[0]
     for ax, task in zip(axes, tasks):
-        headline = next(r["metric"] for r in rows if r["task"] == task)
-        draw_metric(ax, [r for r in rows if (r["task"], r["metric"]) == (task, headline)], "value", headline)
+        headline = _headline_rows(rows, task)
+        draw_metric(ax, headline, "value", headline[0]["metric"])
         ax.set_title(task)
         ax.set_ylim(-0.02, 1.02)
-    first = tasks[0]
-    headline = next(r["metric"] for r in rows if r["task"] == first)
-    draw_metric(
-        axes[-1],
-        [r for r in rows if (r["task"], r["metric"]) == (first, headline)],
-        "prompt_tokens",
-        "prompt tokens",
-    )
-    axes[-1].set_title(f"{first}: prompt length")
+    draw_metric(axes[-1], _headline_rows(rows, tasks[0]), "prompt_tokens", "prompt tokens")
+    axes[-1].set_title(f"{tasks[0]}: prompt length")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
+
+
+def _headline_rows(rows: list[dict], task: str) -> list[dict]:
+    """The task's rows of its first (headline) metric: one per (mode, shots)."""
+    headline = next(r["metric"] for r in rows if r["task"] == task)
+    return [r for r in rows if (r["task"], r["metric"]) == (task, headline)]
