@@ -16,13 +16,13 @@ from tqdm.auto import tqdm
 from aim_icl.core.backbone import Backbone, resolve_backbone
 from aim_icl.core.demo import Demo, DemoStates, load_image
 from aim_icl.core.loading import load_model, load_processor
+from aim_icl.core.modes import MODES
 from aim_icl.core.projector import ProjectorConfig, build_projector, load_projector, save_projector
 from aim_icl.core.prompt import Encoded, Part, PromptEncoder, PromptTemplate, Slots, query_parts
 from aim_icl.errors import AIMError
 
 logger = logging.getLogger(__name__)
 
-MODES = ("zero", "text", "icl", "aim")
 DemoLike = Demo | DemoStates | torch.Tensor
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from aim_icl.errors import AIMError
+
+if TYPE_CHECKING:  # tensors only in annotations: importing demos (e.g. for CLI choices) stays free of torch
+    import torch
 
 ImageLike = Image.Image | str | Path | bytes
 
