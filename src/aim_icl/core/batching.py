@@ -1,0 +1,200 @@
+"""Many queries through the model at once: collate per-query `aim.build_inputs(...)` outputs, generate, score.
+
+Each query is built alone (its own processor call, its own demos), so a batch can mix prompts of any length, image
+count and mode; this module only stacks them. Per-token tensors (`input_ids`, `inputs_embeds`, `attention_mask`,
+`token_type_ids`, `mm_token_type_ids`, `labels`) are padded along the sequence: on the left for generation, so every
+row's new tokens start at the same column, on the right for scoring, so every row keeps its unpadded positions.
+Every other tensor (`pixel_values`, `image_sizes`, `image_grid_thw`, `pixel_attention_mask`, ...) is concatenated
+along its first dimension, zero-padded in its other dimensions where rows differ: that is what the families'
+processors do themselves (LLaVA-Next pads patches, Idefics3 pads images, Pixtral pads pixels; the models skip the
+padding by `image_sizes` or by all-zero images).
+
+Positions follow the attention mask: `generate` derives them from it (M-RoPE families through the model's rope
+index function, which reads the mask), so a left-padded row gets the positions it has alone; for a forward of a
+left-padded batch, `collate(..., positions=True)` adds them explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from aim_icl.core.aim import AIM, forwarding_inputs_embeds
+from aim_icl.errors import AIMError
+
+# The fill of each per-token key in padded positions (others: 0); `input_ids` takes the encoder's pad id.
+_FILL = {"labels": -100}
+
+
+def collate(
+    aim: AIM,
+    inputs_list: Sequence[dict[str, torch.Tensor]],
+    padding_side: str = "left",
+    positions: bool = False,
+) -> dict[str, torch.Tensor]:
+    """One padded batch from per-query inputs (each a `build_inputs` / `build_batch` output of one or more rows).
+
+    Rows keep their order. `positions=True` adds `position_ids` that count each row's real tokens from 0 (the
+    rope index positions for M-RoPE families), for a `model(...)` call on a left-padded batch.
+    """
+    if padding_side not in ("left", "right"):
+        raise AIMError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+    if not inputs_list:
+        raise AIMError("nothing to collate: give at least one query's inputs")
+    if any("inputs_embeds" in inputs for inputs in _same_keys(inputs_list)):
+        inputs_list = [_with_embeds(aim, inputs) for inputs in inputs_list]
+    width = max(inputs["input_ids"].shape[1] for inputs in inputs_list)
+    batch = {}
+    for key in inputs_list[0]:
+        values = [inputs[key] for inputs in inputs_list]
+        if _is_per_token(inputs_list[0], key):
+            batch[key] = torch.cat([_pad_tokens(aim, key, v, width, padding_side) for v in values])
+        else:
+            batch[key] = torch.cat(_pad_trailing(values))
+    if positions:
+        batch["position_ids"] = _positions(aim, batch)
+    return batch
+
+
+@torch.no_grad()
+def generate_batch(aim: AIM, inputs_list: Sequence[dict[str, torch.Tensor]], **generate_kwargs) -> list[str]:
+    """Answer every query in one left-padded `generate` call; new tokens only, decoded as `aim.generate` does.
+
+    `generate_kwargs` go to `model.generate` (greedy and `max_new_tokens=32` unless given; sampling settings, a
+    streamer, stopping criteria pass through). With `num_return_sequences=n`, each query's n answers follow each
+    other. Greedy answers equal one-by-one answers up to float rounding in masked attention.
+    """
+    generate_kwargs.setdefault("max_new_tokens", 32)
+    generate_kwargs.setdefault("do_sample", False)
+    generate_kwargs.setdefault("pad_token_id", aim.encoder.pad_id)
+    batch = collate(aim, inputs_list, padding_side="left")
+    with forwarding_inputs_embeds(aim.model):
+        output = aim.model.generate(**batch, **generate_kwargs)
+    sequences = getattr(output, "sequences", output)  # a dict with return_dict_in_generate=True
+    new_tokens = sequences[:, batch["input_ids"].shape[1] :]  # (B * n, new)
+    stops = _eos_ids(aim, generate_kwargs)
+    pad = generate_kwargs["pad_token_id"]
+    return [_decode(aim, row, stops, pad) for row in new_tokens]
+
+
+def candidate_inputs(aim: AIM, image, text: str, candidates: Sequence[str], demos, mode: str) -> dict:
+    """One query's scoring inputs: a row per candidate answer appended to the prompt (no EOS), labels on it."""
+    demos = list(demos)
+    return aim.build_batch([(image, text, demos, c) for c in candidates], mode=mode, eos=False)
+
+
+@torch.no_grad()
+def score_batch(
+    aim: AIM, inputs_list: Sequence[dict[str, torch.Tensor]], max_rows: int | None = None
+) -> list[torch.Tensor]:
+    """Summed log-likelihood of every labelled row, per query: `[(n_candidates_i,) for each query]`.
+
+    Each query's inputs come from `candidate_inputs`; queries go through the model together, right-padded (each
+    row keeps its own positions), at most `max_rows` rows per forward (always at least one whole query).
+    """
+    scores: list[torch.Tensor] = []
+    for group in _groups(inputs_list, max_rows):
+        batch = collate(aim, group, padding_side="right")
+        logits = aim.forward(batch).logits[:, :-1].float()  # (B, T-1, vocab): position t predicts token t+1
+        labels = batch["labels"][:, 1:]
+        logprobs = logits.log_softmax(-1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        sums = (logprobs * (labels != -100)).sum(-1).cpu()  # (B,)
+        scores += list(sums.split([len(inputs["input_ids"]) for inputs in group]))
+    return scores
+
+
+# -- internals ----------------------------------------------------------------------------------------------
+
+
+def _same_keys(inputs_list: Sequence[dict]) -> Sequence[dict]:
+    keys = {k for inputs in inputs_list for k in inputs if k != "inputs_embeds"}
+    for inputs in inputs_list:
+        missing = keys - set(inputs)
+        if missing:
+            raise AIMError(
+                f"queries of one batch need the same inputs; one lacks {', '.join(sorted(missing))} "
+                "(give every query an image, or none)"
+            )
+    return inputs_list
+
+
+def _with_embeds(aim: AIM, inputs: dict) -> dict:
+    """When any query carries fused vectors, the others get their plain embeddings (what the model would compute)."""
+    if "inputs_embeds" in inputs:
+        return inputs
+    return {**inputs, "inputs_embeds": aim.backbone.embed(inputs["input_ids"])}
+
+
+def _is_per_token(inputs: dict, key: str) -> bool:
+    return inputs[key].shape[:2] == inputs["input_ids"].shape
+
+
+def _pad_tokens(aim: AIM, key: str, value: torch.Tensor, width: int, side: str) -> torch.Tensor:
+    """Pad (B, T, ...) to (B, width, ...) along T; padded embeddings are the pad token's own."""
+    missing = width - value.shape[1]
+    if missing == 0:
+        return value
+    if key == "inputs_embeds":
+        pad_ids = torch.full((value.shape[0], missing), aim.encoder.pad_id, device=value.device)
+        pad = aim.backbone.embed(pad_ids).to(value.dtype)
+    else:
+        fill = aim.encoder.pad_id if key == "input_ids" else _FILL.get(key, 0)
+        pad = value.new_full((value.shape[0], missing, *value.shape[2:]), fill)
+    return torch.cat([pad, value] if side == "left" else [value, pad], dim=1)
+
+
+def _pad_trailing(values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Zero-pad every dimension but the first to the largest size among `values`."""
+    if len({v.ndim for v in values}) > 1:
+        raise AIMError("queries of one batch have image inputs of different ranks; batch them separately")
+    sizes = [max(v.shape[d] for v in values) for d in range(1, values[0].ndim)]
+    out = []
+    for v in values:
+        pad = [p for d in reversed(range(1, v.ndim)) for p in (0, sizes[d - 1] - v.shape[d])]
+        out.append(F.pad(v, pad) if any(pad) else v)
+    return out
+
+
+def _positions(aim: AIM, batch: dict) -> torch.Tensor:
+    if aim.backbone.rope_index is not None:
+        return aim.backbone.positions(batch)  # (3, B, T): the rope index reads the attention mask
+    mask = batch["attention_mask"].long()
+    return (mask.cumsum(-1) - 1).clamp_min(0)  # (B, T)
+
+
+def _groups(inputs_list: Sequence[dict], max_rows: int | None) -> list[list[dict]]:
+    groups: list[list[dict]] = []
+    rows = 0
+    for inputs in inputs_list:
+        n = len(inputs["input_ids"])
+        if not groups or (max_rows is not None and rows + n > max_rows):
+            groups.append([])
+            rows = 0
+        groups[-1].append(inputs)
+        rows += n
+    return groups
+
+
+def _eos_ids(aim: AIM, generate_kwargs: dict) -> set[int]:
+    eos = generate_kwargs.get("eos_token_id")
+    if eos is None:
+        config = generate_kwargs.get("generation_config") or aim.model.generation_config
+        eos = config.eos_token_id
+    if eos is None:
+        return set()
+    return {
+        int(e) for e in (eos.tolist() if torch.is_tensor(eos) else eos if isinstance(eos, list) else [eos])
+    }
+
+
+def _decode(aim: AIM, tokens: torch.Tensor, stops: set[int], pad_id: int) -> str:
+    """A row's tokens up to its first end-of-sequence token; the pads `generate` writes after a row finished go."""
+    ids = tokens.tolist()
+    end = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))
+    ids = ids[:end]
+    if end == len(tokens):  # stopped by length or a stopping criterion: the fill after it is pad tokens
+        while ids and ids[-1] == pad_id and pad_id not in stops:
+            ids.pop()
+    return aim.encoder.tokenizer.decode(ids, skip_special_tokens=True).strip()
