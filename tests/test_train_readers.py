@@ -31,13 +31,22 @@ TOKENIZER = build_tiny("llava")[1].tokenizer
 
 
 def stream(
-    files, format, image_root=None, min_shots=1, max_shots=3, per_doc=1, rank=0, world=1, shuffle=True
+    files,
+    format,
+    image_root=None,
+    min_shots=1,
+    max_shots=3,
+    per_doc=1,
+    rank=0,
+    world=1,
+    shuffle=True,
+    **rules,
 ):
     return SampleStream(
         [str(f) for f in files],
         READERS.get(format)(),
         ReaderOptions(None if image_root is None else Path(image_root), None),
-        SampleRules(min_shots, max_shots, per_doc, shuffle_files=shuffle),
+        SampleRules(min_shots, max_shots, per_doc, shuffle_files=shuffle, **rules),
         TextBudget(TOKENIZER, 64),
         seed=3,
         rank=rank,
@@ -188,6 +197,20 @@ def test_samples_take_k_earlier_pairs_as_demos_and_a_later_pair_as_target(tmp_pa
             doc[i] == target and doc[i - k : i] == tuple(demos) for doc in texts for i in range(k, len(doc))
         )
     assert ks <= {2, 3, 4} and len(ks) > 1
+
+
+@pytest.mark.parametrize("max_shots", [3, 8])
+def test_last_target_with_all_earlier_pairs_as_demos(tmp_path, max_shots):
+    docs = dax_documents(6, seed=11, pairs=6)
+    files = write_corpus(tmp_path, "obelics", docs)
+    texts = {tuple(text for _, text in doc) for doc in docs}
+    taken = take(
+        stream(files, "obelics", tmp_path / "images", max_shots=max_shots, targets="last", demos="all"), 6
+    )
+    k = min(max_shots, 5)  # every pair before the last, at most max_shots
+    for demos, target, _, _ in taken:
+        assert len(demos) == k
+        assert any(doc[-1] == target and doc[-1 - k : -1] == tuple(demos) for doc in texts)
 
 
 def test_text_budget_cuts_to_the_token_budget():

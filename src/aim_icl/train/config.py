@@ -36,6 +36,12 @@ class DataConfig:
     min_shots: int = _opt(1, "fewest demonstrations per training sample (>= 1)")
     max_shots: int = _opt(4, "most demonstrations per training sample")
     samples_per_document: int = _opt(1, "training samples (distinct targets) drawn from each document")
+    targets: str = _opt(
+        "random", "a sample's target pair: random (any after min_shots) or last (the last pair)"
+    )
+    demos: str = _opt(
+        "window", "its demos: window (k in [min_shots, max_shots] pairs before it) or all (up to max_shots)"
+    )
     prompt: str = _opt("", "query text before the target (web documents have none)")
     shuffle_files: bool = _opt(True, "read the data files in a new seeded order each epoch")
 
@@ -80,6 +86,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         from aim_icl.train.readers import READERS
+        from aim_icl.train.samples import DEMOS, TARGETS
 
         d, o = self.data, self.optim
         checks = [
@@ -90,6 +97,8 @@ class TrainConfig:
                 "min_shots must be at least 1: a sample without demos does not train the projector",
             ),
             (d.max_shots >= d.min_shots, f"max_shots ({d.max_shots}) is below min_shots ({d.min_shots})"),
+            (d.targets in TARGETS, f"targets must be one of {', '.join(TARGETS)}, not {d.targets!r}"),
+            (d.demos in DEMOS, f"demos must be one of {', '.join(DEMOS)}, not {d.demos!r}"),
             (
                 d.max_text_tokens >= 1 and d.samples_per_document >= 1,
                 "max_text_tokens and samples_per_document must be >= 1",

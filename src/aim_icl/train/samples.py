@@ -2,8 +2,15 @@
 
 For web documents the query has no instruction: the prompt is `prompt` (empty by default), the target pair's
 image is the query image, and its text is the target the loss is taken on. With a chat template the target is
-then the assistant's answer to a user turn holding the fused demos and the image. The demos are the k pairs just
-before the target, in document order (the context a reader of the page saw last), k drawn in [min_shots, max_shots].
+then the assistant's answer to a user turn holding the fused demos and the image. The demos are pairs just before
+the target, in document order (the context a reader of the page saw last).
+
+Two choices of `SampleRules` shape what a sample can teach: which pair is the target (`random`: any pair with at
+least `min_shots` pairs before it, as in the paper; `last`: the document's last pair, for documents written so that
+their last pair refers back to earlier ones), and how many pairs before it are demos (`window`: k drawn in
+[min_shots, max_shots]; `all`: every earlier pair, at most `max_shots`). On documents that introduce objects and
+then show them again, a random target with a random window sees its object named among its demos far less often
+than the last pair with all earlier pairs (measured on the embedded world's corpus: 43% against 100%).
 """
 
 from __future__ import annotations
@@ -16,6 +23,20 @@ from PIL import Image
 from aim_icl.core.demo import Demo
 from aim_icl.train.documents import Document
 
+TARGETS = ("random", "last")
+DEMOS = ("window", "all")
+
+
+@dataclass(frozen=True)
+class SampleRules:
+    min_shots: int = 1
+    max_shots: int = 4
+    samples_per_document: int = 1  # distinct targets per document (with targets="random")
+    prompt: str = ""
+    shuffle_files: bool = True  # the stream reads the data files in a new seeded order each epoch
+    targets: str = "random"  # one of TARGETS
+    demos: str = "window"  # one of DEMOS
+
 
 @dataclass
 class Sample:
@@ -25,19 +46,22 @@ class Sample:
     target: str  # the target pair's text: the only tokens with a loss
 
 
-def document_samples(
-    doc: Document, rng: random.Random, min_shots: int, max_shots: int, count: int = 1, prompt: str = ""
-) -> list[Sample]:
-    """Up to `count` samples with distinct targets (in document order); [] when the document is too short."""
-    n = len(doc.pairs)
-    if n <= min_shots:
+def document_samples(doc: Document, rng: random.Random, rule: SampleRules) -> list[Sample]:
+    """Up to `rule.samples_per_document` samples with distinct targets (in document order); [] when the document
+    is too short."""
+    n, count = len(doc.pairs), rule.samples_per_document
+    if n <= rule.min_shots:
         return []
-    targets = sorted(rng.sample(range(min_shots, n), min(count, n - min_shots)))
+    if rule.targets == "last":
+        targets = [n - 1]
+    else:
+        targets = sorted(rng.sample(range(rule.min_shots, n), min(count, n - rule.min_shots)))
     samples = []
     for t in targets:
-        k = rng.randint(min_shots, min(max_shots, t))
+        most = min(rule.max_shots, t)
+        k = most if rule.demos == "all" else rng.randint(rule.min_shots, most)
         demos = [Demo(p.image, p.text) for p in doc.pairs[t - k : t]]
-        samples.append(Sample(demos, doc.pairs[t].image, prompt, doc.pairs[t].text))
+        samples.append(Sample(demos, doc.pairs[t].image, rule.prompt, doc.pairs[t].text))
     return samples
 
 

@@ -18,7 +18,7 @@ from aim_icl.errors import AIMError
 from aim_icl.train.documents import Document, Pair, SkipItem, Skips
 from aim_icl.train.images import open_image
 from aim_icl.train.readers import CorpusReader, ReaderOptions
-from aim_icl.train.samples import Sample, TextBudget, document_samples
+from aim_icl.train.samples import Sample, SampleRules, TextBudget, document_samples
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +31,6 @@ class Position:
     file: int = 0
     record: int = 0
     sample: int = 0
-
-
-@dataclass(frozen=True)
-class SampleRules:
-    min_shots: int = 1
-    max_shots: int = 4
-    samples_per_document: int = 1
-    prompt: str = ""
-    shuffle_files: bool = True
 
 
 class SampleStream:
@@ -109,10 +100,7 @@ class SampleStream:
             if doc is None:
                 continue
             rng = random.Random(f"{self.seed}/{epoch}/{file_index}/{record}")
-            rules = self.rules
-            samples = document_samples(
-                doc, rng, rules.min_shots, rules.max_shots, rules.samples_per_document, rules.prompt
-            )
+            samples = document_samples(doc, rng, self.rules)
             if samples:
                 self.documents += 1
                 yield record, samples

@@ -119,7 +119,9 @@ class Trainer:
     def _build_stream(self, reader, files: list[str]) -> SampleStream:
         d = self.config.data
         image_root = None if d.image_root is None else Path(d.image_root)
-        rules = SampleRules(d.min_shots, d.max_shots, d.samples_per_document, d.prompt, d.shuffle_files)
+        rules = SampleRules(
+            d.min_shots, d.max_shots, d.samples_per_document, d.prompt, d.shuffle_files, d.targets, d.demos
+        )
         return SampleStream(
             files,
             reader,

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 
 import torch
 
-from aim_icl.world.corpora import Sample
+from aim_icl.world.corpora import PretrainSample
 from aim_icl.world.recipe import IMAGE_TOKENS
 from aim_icl.world.vocab import IMAGE
 
 
-def encode_samples(processor, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+def encode_samples(processor, samples: Sequence[PretrainSample]) -> dict[str, torch.Tensor]:
     """A right-padded training batch: `text` then `target` + EOS, with labels on the target alone."""
     tok = processor.tokenizer
     rows, labels = [], []

@@ -73,9 +73,11 @@ def save_model(model, processor, directory: Path, record: dict) -> Path:
     return directory
 
 
-def load_shipped(model: Path | None = None, projector: Path | None = None, with_projector: bool = True):
+def load_shipped(
+    model: Path | None = None, projector: Path | None = None, with_projector: bool = True, **hf_kwargs
+):
     """The world model with its AIM projector (default: the shipped ones), as an `AIM`; without the projector,
-    `aim` mode gets an unfitted one (the other modes do not use it)."""
+    `aim` mode gets an unfitted one (the other modes do not use it). `hf_kwargs` go to `AIM.from_pretrained`."""
     from aim_icl.core.aim import AIM
 
     model, projector = Path(model or MODEL_DIR), Path(projector or PROJECTOR_DIR)
@@ -84,7 +86,7 @@ def load_shipped(model: Path | None = None, projector: Path | None = None, with_
     for path, what in required:
         if not path.is_file():
             raise AIMError(f"no {what} in {path.parent}; pass --model/--projector or reinstall aim-icl")
-    return AIM.from_pretrained(model, projector=projector if with_projector else None)
+    return AIM.from_pretrained(model, projector=projector if with_projector else None, **hf_kwargs)
 
 
 def ship(model: Path, trained_projector: Path, destination: Path = CHECKPOINT_DIR) -> None:

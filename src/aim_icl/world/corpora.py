@@ -5,15 +5,20 @@
    surface formats, plus copying documents.
 3. `described`: single-image samples whose text context describes named objects (or captions in one style) before
    the image; the target names the pictured object (or captions it in that style). Still one image per sample.
-4. `interleaved`: multi-image documents for training the AIM projector: generic ones (questions and answers, or
-   every image captioned in the page's one style), and ones whose later pairs show objects named earlier, so their
-   texts refer back (training names only).
+4. `interleaved`: multi-image documents for training the AIM projector: reference documents (objects shown and
+   named, then shown again; the last pair is always a new view of an object named earlier), pages whose every image
+   is captioned in the page's one style, and question pages. Training names only.
 
-Corpora 1-3 (pretraining) yield `Sample`s; corpus 4 yields `Document`s. Corpus 5 (evaluation) is in `tasks.py`.
+Evaluation asks for 1 to `MAX_SHOTS` demonstrations, so every context that stands for demonstrations (binding
+statements, caption examples, earlier pairs) has a length drawn log-uniformly up to `MAX_SHOTS`: as many short
+contexts as long ones (a model trained on short contexts only fails at 16 shots; on long ones only, at 1 or 2).
+
+Corpora 1-3 (pretraining) yield `PretrainSample`s; corpus 4 yields `SceneDocument`s. Corpus 5 (evaluation) is in `tasks.py`.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,12 +29,15 @@ from aim_icl.world.scene import ATTRIBUTES, COLOURS, SHAPES, Scene, sample_scene
 from aim_icl.world.vocab import IMAGE, WORDS
 
 _PLAIN_WORDS = tuple(w for w in WORDS if w.isalpha())
+MAX_SHOTS = 32
 RECALLS_PER_DOCUMENT = (2, 6)
+REFERENCE_OBJECTS = (2, 4)  # objects introduced in a reference document (evaluation asks 2 and 4)
+DOCUMENT_KINDS = {"reference": 0.5, "caption": 0.3, "question": 0.2}  # corpus 4's mixture
 AMBIGUOUS_COPIES = 0.6  # share of copying documents that repeat a few words (see `copy_document`)
 
 
 @dataclass(frozen=True)
-class Sample:
+class PretrainSample:
     """One training sample: `text` (at most one image marker, where `scene` is shown), then the `target` text.
 
     The LM loss is on `target` alone; copying documents have an empty `text` and the whole document as target.
@@ -41,31 +49,31 @@ class Sample:
 
 
 @dataclass(frozen=True)
-class Document:
-    """An interleaved document: (scene, text) pairs in reading order; `kind` is "generic" or "reference"."""
+class SceneDocument:
+    """An interleaved document: (scene, text) pairs in reading order; `kind` is a key of `DOCUMENT_KINDS`."""
 
-    pairs: tuple[tuple[Scene, str], ...]
+    pairs: list[tuple[Scene, str]]
     kind: str
 
 
-def instruction(seed: int) -> Iterator[Sample]:
+def instruction(seed: int) -> Iterator[PretrainSample]:
     return _endless(seed, instruction_sample)
 
 
-def reading(seed: int) -> Iterator[Sample]:
+def reading(seed: int) -> Iterator[PretrainSample]:
     return _endless(seed, reading_sample)
 
 
-def copying(seed: int) -> Iterator[Sample]:
+def copying(seed: int) -> Iterator[PretrainSample]:
     """The copying part of corpus 2 alone (a pretraining mixture can weight it separately)."""
-    return _endless(seed, lambda rng: Sample("", copy_document(rng)))
+    return _endless(seed, lambda rng: PretrainSample("", copy_document(rng)))
 
 
-def described(seed: int) -> Iterator[Sample]:
+def described(seed: int) -> Iterator[PretrainSample]:
     return _endless(seed, described_sample)
 
 
-def interleaved(seed: int) -> Iterator[Document]:
+def interleaved(seed: int) -> Iterator[SceneDocument]:
     return _endless(seed, interleaved_document)
 
 
@@ -84,13 +92,18 @@ def _endless(seed: int, make: Callable[[random.Random], object]) -> Iterator:
         yield make(rng)
 
 
+def context_length(rng: random.Random, low: int = 1, high: int = MAX_SHOTS) -> int:
+    """A count in [low, high], log-uniform: each doubling of the context is as likely as the one before."""
+    return min(high, max(low, round(2 ** rng.uniform(math.log2(low), math.log2(high)))))
+
+
 # -- corpus 1: single-image instruction data ----------------------------------------------------------------
 
 
-def instruction_sample(rng: random.Random) -> Sample:
+def instruction_sample(rng: random.Random) -> PretrainSample:
     scene = sample_scene(rng)
     prompt, answer = question(rng, scene)
-    return Sample(f"{IMAGE} {prompt}", answer, scene)
+    return PretrainSample(f"{IMAGE} {prompt}", answer, scene)
 
 
 def question(rng: random.Random, scene: Scene) -> tuple[str, str]:
@@ -117,18 +130,18 @@ def fill(template: str, scene: Scene) -> str:
 # -- corpus 2: text-only reading documents ------------------------------------------------------------------
 
 
-def reading_sample(rng: random.Random) -> Sample:
+def reading_sample(rng: random.Random) -> PretrainSample:
     if rng.random() < 0.3:
-        return Sample("", copy_document(rng))
+        return PretrainSample("", copy_document(rng))
     statements, recalls = binding_document(rng)
-    return Sample(statements, recalls)  # the loss on the recalls: the statements are their context
+    return PretrainSample(statements, recalls)  # the loss on the recalls: the statements are their context
 
 
 def binding_document(rng: random.Random) -> tuple[str, str]:
     """Names bound to described objects, then used: (the binding statements, the recalls of names from their
     descriptions)."""
     objects, names = distinct_objects(rng, rng.randint(2, 5)), rng.sample(TRAIN_NAMES, 5)
-    statements = binding_statements(rng, objects, names)
+    statements = binding_statements(rng, objects, names, context_length(rng, len(objects)))
     recalls = []
     for _ in range(rng.randint(*RECALLS_PER_DOCUMENT)):
         i = rng.randrange(len(objects))
@@ -151,12 +164,11 @@ def copy_document(rng: random.Random) -> str:
     return f"{document} {sequence} ." if rng.random() < 0.5 else document
 
 
-def binding_statements(
-    rng: random.Random, objects: list[str], names: list[str], repeats: int = 1
-) -> list[str]:
-    """Each object bound to its name `1..repeats` times, in shuffled order, in one format or mixed formats."""
+def binding_statements(rng: random.Random, objects: list[str], names: list[str], count: int) -> list[str]:
+    """`count` statements binding objects to their names: each object at least once, then repeats, shuffled;
+    in one format or mixed formats."""
     one_format = rng.choice(formats.BINDINGS) if rng.random() < 0.6 else None
-    order = [i for i in range(len(objects)) for _ in range(rng.randint(1, repeats))]
+    order = list(range(len(objects))) + rng.choices(range(len(objects)), k=max(0, count - len(objects)))
     rng.shuffle(order)
     return [(one_format or rng.choice(formats.BINDINGS)).format(d=objects[i], n=names[i]) for i in order]
 
@@ -170,29 +182,29 @@ def distinct_objects(rng: random.Random, count: int) -> list[str]:
 # -- corpus 3: single-image samples with named objects described in the context ------------------------------
 
 
-def described_sample(rng: random.Random) -> Sample:
+def described_sample(rng: random.Random) -> PretrainSample:
     return caption_style_sample(rng) if rng.random() < 0.25 else naming_sample(rng)
 
 
-def naming_sample(rng: random.Random) -> Sample:
+def naming_sample(rng: random.Random) -> PretrainSample:
     """Objects described and named in words, then the image of one of them: the target is its name."""
     objects = distinct_objects(rng, rng.randint(2, 4))
     names = rng.sample(TRAIN_NAMES, len(objects))
-    context = binding_statements(rng, objects, names, repeats=2)
+    context = binding_statements(rng, objects, names, context_length(rng, len(objects)))
     pick = rng.randrange(len(objects))
     colour, shape = objects[pick].split()
     scene = sample_scene(rng, shape=shape, colour=colour)
     query = rng.choice(formats.NAME_QUERIES)
-    return Sample(f"{' '.join(context)} {IMAGE} {query}", f"{names[pick]} .", scene)
+    return PretrainSample(f"{' '.join(context)} {IMAGE} {query}", f"{names[pick]} .", scene)
 
 
-def caption_style_sample(rng: random.Random) -> Sample:
+def caption_style_sample(rng: random.Random) -> PretrainSample:
     """Captions of other scenes in one style, then the image: the target captions it in that style."""
     style = formats.CAPTION_STYLES[rng.choice(tuple(formats.CAPTION_STYLES))]
-    examples = [styled_caption(style, sample_scene(rng)) for _ in range(rng.randint(1, 4))]
+    examples = [styled_caption(style, sample_scene(rng)) for _ in range(context_length(rng))]
     scene = sample_scene(rng)
     context = " ".join(f"{formats.CAPTION_PROMPT} {e}" for e in examples)
-    return Sample(f"{context} {IMAGE} {formats.CAPTION_PROMPT}", styled_caption(style, scene), scene)
+    return PretrainSample(f"{context} {IMAGE} {formats.CAPTION_PROMPT}", styled_caption(style, scene), scene)
 
 
 def styled_caption(style: str, scene: Scene) -> str:
@@ -202,29 +214,37 @@ def styled_caption(style: str, scene: Scene) -> str:
 # -- corpus 4: interleaved multi-image documents ------------------------------------------------------------
 
 
-def interleaved_document(rng: random.Random) -> Document:
-    return reference_document(rng) if rng.random() < 0.6 else generic_document(rng)
+def interleaved_document(rng: random.Random) -> SceneDocument:
+    kind = rng.choices(tuple(DOCUMENT_KINDS), tuple(DOCUMENT_KINDS.values()))[0]
+    return SceneDocument(_PAGES[kind](rng, context_length(rng) + 1), kind)
 
 
-def generic_document(rng: random.Random) -> Document:
-    """Unrelated images, each with a question and its answer, or all captioned in the page's one style."""
-    scenes = [sample_scene(rng) for _ in range(rng.randint(2, 5))]
-    if rng.random() < 0.5:
-        style = formats.CAPTION_STYLES[rng.choice(tuple(formats.CAPTION_STYLES))]
-        texts = [f"{formats.CAPTION_PROMPT} {styled_caption(style, s)}" for s in scenes]
-    else:
-        texts = [" ".join(question(rng, s)) for s in scenes]
-    return Document(tuple(zip(scenes, texts)), "generic")
-
-
-def reference_document(rng: random.Random) -> Document:
-    """Objects shown and named, then new views of them whose texts name them again (the back-references)."""
-    objects = distinct_objects(rng, rng.randint(2, 3))
+def reference_pairs(rng: random.Random, length: int) -> list[tuple[Scene, str]]:
+    """Objects shown and named ("this is a manek ."), in shuffled order with repeats; the last pair is a new view
+    of one already shown, so its name is always among the pairs before it."""
+    objects = distinct_objects(rng, min(rng.randint(*REFERENCE_OBJECTS), length - 1))
     names = rng.sample(TRAIN_NAMES, len(objects))
-    order = rng.sample(range(len(objects)), len(objects))
-    order += [rng.randrange(len(objects)) for _ in range(rng.randint(1, 4))]
+    order = list(range(len(objects))) + rng.choices(range(len(objects)), k=length - 1 - len(objects))
+    rng.shuffle(order)
+    order.append(rng.randrange(len(objects)))
     pairs = []
     for i in order:
         colour, shape = objects[i].split()
         pairs.append((sample_scene(rng, shape=shape, colour=colour), formats.NAME_DEMO.format(n=names[i])))
-    return Document(tuple(pairs), "reference")
+    return pairs
+
+
+def caption_pairs(rng: random.Random, length: int) -> list[tuple[Scene, str]]:
+    """Unrelated images, every one captioned in the page's one style."""
+    style = formats.CAPTION_STYLES[rng.choice(tuple(formats.CAPTION_STYLES))]
+    scenes = [sample_scene(rng) for _ in range(length)]
+    return [(s, f"{formats.CAPTION_PROMPT} {styled_caption(style, s)}") for s in scenes]
+
+
+def question_pairs(rng: random.Random, length: int) -> list[tuple[Scene, str]]:
+    """Unrelated images, each with a question and its answer."""
+    scenes = [sample_scene(rng) for _ in range(length)]
+    return [(s, " ".join(question(rng, s))) for s in scenes]
+
+
+_PAGES = {"reference": reference_pairs, "caption": caption_pairs, "question": question_pairs}

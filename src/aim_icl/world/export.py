@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from aim_icl.errors import AIMError
-from aim_icl.world.corpora import CORPORA, Document, Sample
+from aim_icl.world.corpora import CORPORA, PretrainSample, SceneDocument
 from aim_icl.world.scene import Scene
 from aim_icl.world.vocab import IMAGE
 
@@ -36,7 +36,7 @@ def export_corpus(corpus: str, seed: int, n_documents: int, out_dir: Path) -> Pa
     return path
 
 
-def _record(doc: Sample | Document, index: int, out_dir: Path) -> dict:
+def _record(doc: PretrainSample | SceneDocument, index: int, out_dir: Path) -> dict:
     items = _items(doc)
     images, texts = [], []
     for j, item in enumerate(items):
@@ -51,9 +51,9 @@ def _record(doc: Sample | Document, index: int, out_dir: Path) -> dict:
     return {"images": images, "texts": texts}
 
 
-def _items(doc: Sample | Document) -> list[Scene | str]:
+def _items(doc: PretrainSample | SceneDocument) -> list[Scene | str]:
     """Reading order: images and texts (a sample's text and target read as one text after its image)."""
-    if isinstance(doc, Document):
+    if isinstance(doc, SceneDocument):
         return [x for scene, text in doc.pairs for x in (scene, text)]
     before, marker, after = doc.text.partition(IMAGE)
     full_after = " ".join(t for t in (after.strip(), doc.target) if t)

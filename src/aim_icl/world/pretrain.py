@@ -183,7 +183,7 @@ def length_bucketed(samples, batch_size: int, rng: random.Random, pool: int = 8)
         yield from batches
 
 
-def _length(sample: corpora.Sample) -> int:
+def _length(sample: corpora.PretrainSample) -> int:
     return len(sample.text.split()) + len(sample.target.split()) + (IMAGE_TOKENS if sample.scene else 0)
 
 
