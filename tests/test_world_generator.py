@@ -121,3 +121,25 @@ def test_world_data_writes_obelics_jsonl_with_images(tmp_path):
     assert (
         main(["world", "data", "--corpus", "interleaved", "--n", "3", "--out", str(tmp_path)]) == 2
     )  # no overwrite
+
+
+def test_every_reference_document_ends_on_an_object_its_earlier_pairs_named():
+    """What the projector trains on (last pair as target, every earlier pair as demos) can always be learnt."""
+    docs = [d for d in itertools.islice(corpora.interleaved(3), 600) if d.kind == "reference"]
+    for doc in docs:
+        *demos, (target, name) = doc.pairs
+        named = {(s.object, text) for s, text in demos}
+        assert (target.object, name) in named
+        assert target not in [s for s, _ in demos]  # a new view, not a copy
+    lengths = [len(d.pairs) for d in itertools.islice(corpora.interleaved(4), 2000)]
+    assert min(lengths) == 2 and max(lengths) == corpora.MAX_SHOTS + 1
+    assert sum(n <= 3 for n in lengths) > 0.15 * len(lengths)  # short documents as common as long ones
+
+
+def test_pretraining_contexts_reach_the_evaluated_shot_counts():
+    statements = [
+        s.text.count(" .")
+        for s in itertools.islice(corpora.described(5), 3000)
+        if formats.CAPTION_PROMPT not in s.text
+    ]
+    assert max(statements) >= corpora.MAX_SHOTS - 2 and min(statements) <= 3

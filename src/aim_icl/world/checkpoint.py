@@ -77,16 +77,28 @@ def load_shipped(
     model: Path | None = None, projector: Path | None = None, with_projector: bool = True, **hf_kwargs
 ):
     """The world model with its AIM projector (default: the shipped ones), as an `AIM`; without the projector,
-    `aim` mode gets an unfitted one (the other modes do not use it). `hf_kwargs` go to `AIM.from_pretrained`."""
+    `aim` mode gets an unfitted one (the other modes do not use it). `hf_kwargs` go to `AIM.from_pretrained`.
+
+    Shipped files are checked against their fingerprints; a directory of your own needs only what its writer
+    wrote (`aim-icl world pretrain` for a model, `aim-icl train` or `save_projector` for a projector)."""
     from aim_icl.core.aim import AIM
 
-    model, projector = Path(model or MODEL_DIR), Path(projector or PROJECTOR_DIR)
-    required = [(model / "config.json", "world model")]
-    required += [(projector / FINGERPRINT, "projector")] if with_projector else []
-    for path, what in required:
-        if not path.is_file():
-            raise AIMError(f"no {what} in {path.parent}; pass --model/--projector or reinstall aim-icl")
-    return AIM.from_pretrained(model, projector=projector if with_projector else None, **hf_kwargs)
+    model_dir = _checked(model, MODEL_DIR, "config.json", "world model", "aim-icl world pretrain --out")
+    projector_dir = None
+    if with_projector:
+        projector_dir = _checked(
+            projector, PROJECTOR_DIR, "projector_config.json", "projector", "aim-icl train --output"
+        )
+    return AIM.from_pretrained(model_dir, projector=projector_dir, **hf_kwargs)
+
+
+def _checked(given: Path | None, shipped: Path, marker: str, what: str, writer: str) -> Path:
+    if given is None:
+        check_fingerprint(shipped)
+        return shipped
+    if not (Path(given) / marker).is_file():
+        raise AIMError(f"no {what} in {given} (no {marker}); pass a directory that `{writer}` wrote")
+    return Path(given)
 
 
 def ship(model: Path, trained_projector: Path, destination: Path = CHECKPOINT_DIR) -> None:
