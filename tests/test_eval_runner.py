@@ -156,3 +156,17 @@ def test_items_with_their_own_demos_and_answer_sets(llava, monkeypatch):
     )  # own demos, read once
     with pytest.raises(AIMError, match="4 shots need 4 demos per query"):
         run_eval(llava, task, shots=[4], modes=["aim"], trials=1, selection="support", progress=False)
+
+
+def test_a_prompt_past_the_context_is_reported_as_not_fitting(llava, tmp_path, monkeypatch):
+    """icl's prompt grows by an image per demo: past the model's context it is not run, and the row says so."""
+    zero = run_eval(llava, toy_task(n_test=2), shots=[0], modes=["zero"], progress=False)[0]["prompt_tokens"]
+    context = llava.model.config.text_config
+    monkeypatch.setattr(context, "max_position_embeddings", int(zero) + 3 + 8)  # query + 8 answer tokens fit
+    rows = run_eval(llava, toy_task(n_test=2), shots=[0, 2], progress=False, output_dir=tmp_path)
+    fits = {(r["mode"], r["shots"]): r["fits"] for r in rows}
+    assert fits == {("zero", 0): True, ("text", 2): False, ("icl", 2): False, ("aim", 2): False}
+    icl = next(r for r in rows if r["mode"] == "icl")
+    assert icl["value"] != icl["value"] and icl["prompt_tokens"] > zero  # NaN score, the real prompt length
+    assert "does not fit" in (tmp_path / "results.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text())[-1]["value"] is None  # strict JSON

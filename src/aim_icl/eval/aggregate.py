@@ -6,7 +6,8 @@ prompt length of the generation prompt), `peak_memory_mb` (largest over the row'
 `memory.py` for what it measures), `memory` (what kind of peak), `latency_ms` (mean model time per query: prompt
 building, generation and candidate scoring; demo reading excluded), `demo_read_s` (time spent reading new demos
 through the backbone, `aim` mode), `throughput_qps` (queries per second of wall time, demo reading and image
-loading included, summed over processes), `queries`, `selection`, `seeds`.
+loading included, summed over processes), `queries`, `selection`, `seeds`, and `fits`: False when the mode's prompt
+did not fit the model's context at this shot count (nothing was generated; value, std and costs are NaN).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def rows_from_records(
             logger.warning(
                 "%s %d-shot: some queries have no prediction yet; scores cover the rest", mode, shots
             )
+        if any(r.get("fits") is False for rs in records for r in rs):
+            rows += _not_fitting(task, mode, shots, [r for rs in records for r in rs], selection)
+            continue
         per_trial = [cell_scores(r, items, task) for r in records if r]
         if not per_trial:
             continue
@@ -69,9 +73,28 @@ def rows_from_records(
                     "queries": len(records[0]),
                     "selection": selection if shots else None,
                     "seeds": [c.seed for c in group],
+                    "fits": True,
                 }
             )
     return rows
+
+
+def _not_fitting(task: Task, mode: str, shots: int, records: list[dict], selection: str) -> list[dict]:
+    """Rows saying the prompt did not fit: its length, and no score or cost (NaN)."""
+    nan = float("nan")
+    row = {
+        "task": task.name,
+        "mode": mode,
+        "shots": shots,
+        "value": nan,
+        "std": nan,
+        "trials": 0,
+        "values": [],
+    }
+    row.update(prompt_tokens=float(np.mean([r["prompt_tokens"] for r in records])), fits=False)
+    row.update(peak_memory_mb=nan, memory=None, latency_ms=nan, demo_read_s=nan, throughput_qps=nan)
+    row.update(queries=len(records), selection=selection if shots else None)
+    return [{**row, "metric": metric} for metric in task.metric_names()]
 
 
 def _cost(records: list[dict], stats: list[dict]) -> dict:

@@ -35,6 +35,7 @@ def markdown_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         value = f"{_num(r['value'], 4)} ± {_num(r['std'], 4)}" if r["trials"] > 1 else _num(r["value"], 4)
+        value = "does not fit" if r.get("fits") is False else value
         cells = [r["task"], r["mode"], str(r["shots"]), r["metric"], value, str(r["trials"])]
         cells += [_num(r["prompt_tokens"], 1), _num(r["peak_memory_mb"], 0), _num(r["latency_ms"], 1)]
         cells.append(_num(r.get("throughput_qps", float("nan")), 2))

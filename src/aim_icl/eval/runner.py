@@ -160,6 +160,9 @@ def answer_query(aim: AIM, task: Task, item: Item, demos: list, mode: str, max_n
     synchronize(aim.backbone.device)
     start = time.perf_counter()
     inputs = aim.build_inputs(image, text, demos, mode)
+    prompt_tokens = int(inputs["input_ids"].shape[1])
+    if not fits_context(aim.model, prompt_tokens + max_new_tokens):
+        return {"id": item.id, "fits": False, "prompt_tokens": prompt_tokens}
     generated = aim.generate_from(inputs, max_new_tokens)
     candidates = task.candidates_for(item)
     scores = score_candidates(aim, image, text, candidates, demos, mode) if needs_scores(task) else None
@@ -170,9 +173,19 @@ def answer_query(aim: AIM, task: Task, item: Item, demos: list, mode: str, max_n
         "generated": generated,
         "prediction": task.postprocess(generated),
         "scores": scores,
-        "prompt_tokens": int(inputs["input_ids"].shape[1]),
+        "prompt_tokens": prompt_tokens,
         "latency_ms": latency_ms,
     }
+
+
+def fits_context(model, length: int) -> bool:
+    """Whether `length` positions fit the model's context (`max_position_embeddings` of its language model).
+
+    A prompt past it is not run: its answer would say nothing about the mode, so the row reports it as not
+    fitting, as a real deployment would refuse it."""
+    config = model.config
+    context = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+    return context is None or length <= context
 
 
 def score_candidates(aim: AIM, image, text: str, candidates, demos: list, mode: str) -> list[float]:

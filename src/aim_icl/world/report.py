@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,7 +17,7 @@ def _cells(rows: list[dict]) -> dict[tuple, dict]:
     cells: dict[tuple, dict] = defaultdict(dict)
     for r in rows:
         cell = cells[(r["task"], r["mode"], r["shots"])]
-        cell.update({k: r[k] for k, _, _ in COST}, **{r["metric"]: r["value"]})
+        cell.update({k: r[k] for k, _, _ in COST}, fits=r.get("fits", True), **{r["metric"]: r["value"]})
     return cells
 
 
@@ -33,8 +34,8 @@ def summary_table(rows: list[dict]) -> str:
             [
                 mode,
                 str(shots),
-                *(f"{cell[m]:.3f}" for m in metrics),
-                *(format(cell[k], f) for k, _, f in COST),
+                *(_fit(cell, f"{cell[m]:.3f}") for m in metrics),
+                *("-" if math.isnan(cell[k]) else format(cell[k], f) for k, _, f in COST),
             ]
             for (_, mode, shots), cell in cells
         ]
@@ -42,6 +43,35 @@ def summary_table(rows: list[dict]) -> str:
         lines += ["", task]
         lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [header, *body]]
     return "\n".join(lines[1:])
+
+
+def shots_tables(rows: list[dict]) -> str:
+    """Markdown: per task and metric, one row per mode and one column per shot count (the README's layout).
+
+    A cell whose prompt did not fit the model's context reads "does not fit"."""
+    blocks = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        for metric in dict.fromkeys(r["metric"] for r in rows if r["task"] == task):
+            cells = {(r["mode"], r["shots"]): r for r in rows if (r["task"], r["metric"]) == (task, metric)}
+            modes = list(dict.fromkeys(mode for mode, _ in cells))
+            shots = sorted({k for _, k in cells})
+            lines = [f"**{task}**, {metric}", "", "| mode | " + " | ".join(map(str, shots)) + " |"]
+            lines.append("|---|" + "---:|" * len(shots))
+            for mode in modes:
+                values = [_shown(cells.get((mode, k))) for k in shots]
+                lines.append(f"| {mode} | " + " | ".join(values) + " |")
+            blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _shown(row: dict | None) -> str:
+    if row is None:
+        return ""
+    return "does not fit" if row.get("fits") is False else f"{row['value']:.2f}"
+
+
+def _fit(cell: dict, shown: str) -> str:
+    return shown if cell["fits"] else "does not fit"
 
 
 def overview_plot(rows: list[dict], path: Path) -> Path:
