@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,6 +45,20 @@ def make_demos(k: int, seed: int = 0) -> list[Demo]:
         words = [WORDS[j] for j in torch.randint(len(WORDS), (1 + i % 3,), generator=g).tolist()]
         demos.append(Demo(tiny_image(seed * 100 + i), f"question: what is it? answer: {' '.join(words)}"))
     return demos
+
+
+def save_tiny(directory: Path, family: str = "llava", **overrides) -> Path:
+    """A tiny model of `family` and its processor saved as a Hugging Face directory (what `--model` takes)."""
+    model, processor = build_tiny(family, **overrides)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def llava_dir(tmp_path_factory) -> Path:
+    """The tiny LLaVA saved once per test session; treat it as read-only (save projectors elsewhere)."""
+    return save_tiny(tmp_path_factory.mktemp("tiny-llava"))
 
 
 @functools.cache

@@ -1,22 +1,40 @@
-"""`aim-icl generate` end to end on a saved tiny model, and its error line."""
+"""The CLI: `aim-icl generate` end to end, one error line for bad input and for a missing extra, and a `--help`
+that imports no heavy module."""
 
 from __future__ import annotations
 
-import pytest
+import json
+import subprocess
+import sys
 
-from aim_icl.cli import main
-from aim_icl.testing.tiny import build_tiny, tiny_image
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from aim_icl.cli import VERBS, main
+from aim_icl.testing.tiny import tiny_image
+from aim_icl.world.scene import Scene
+
+QUERY = "question: what? answer:"
+# modules a verb may import only inside `run`
+HEAVY = ("torch", "transformers", "accelerate", "fastapi", "uvicorn", "pydantic", "matplotlib", "datasets")
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def images(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    model, processor = build_tiny("llava")
-    model.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
     for i in range(3):
         tiny_image(i).save(root / f"{i}.png")
     return root
+
+
+def run_cli(*args: str, block: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`aim-icl ARGS` in a fresh interpreter where the modules in `block` cannot be imported (as if not installed)."""
+    code = (
+        f"import sys\nfor name in {block!r}: sys.modules[name] = None\n"
+        f"from aim_icl.cli import main\nsys.exit(main({list(args)!r}))"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("verb", [[], ["generate"]])
@@ -27,19 +45,99 @@ def test_help(verb, capsys):
     assert "usage: aim-icl" in capsys.readouterr().out
 
 
+def test_help_of_every_verb_imports_no_heavy_module():
+    """`aim-icl --help` and `aim-icl <verb> --help` start fast: nothing heavy is imported to declare arguments."""
+    code = f"""
+import contextlib, io, json, sys
+from aim_icl.cli import main
+loaded = {{}}
+for verb in ([], *[[v] for v in {list(VERBS)!r}]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main([*verb, "--help"])
+    loaded[" ".join(verb) or "(none)"] = [m for m in {HEAVY!r} if m in sys.modules]
+print(json.dumps(loaded))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout)
+    assert set(loaded) == {"(none)", *VERBS}
+    assert loaded == {verb: [] for verb in loaded}
+
+
 @pytest.mark.parametrize("mode", ["zero", "text", "icl", "aim"])
-def test_generate_prints_an_answer(saved, mode, capsys):
-    demos = [] if mode == "zero" else ["--demo", str(saved / "1.png"), "question: what? answer: red"]
-    code = main(["generate", "--model", str(saved / "model"), "--image", str(saved / "0.png"),
-                 "--prompt", "question: what? answer:", "--mode", mode, "--max-new-tokens", "3", *demos])  # fmt: skip
+def test_generate_prints_an_answer(llava_dir, images, mode, capsys):
+    demos = [] if mode == "zero" else ["--demo", str(images / "1.png"), "question: what? answer: red"]
+    code = main(["generate", "--model", str(llava_dir), "--image", str(images / "0.png"), "--prompt", QUERY,
+                 "--mode", mode, "--max-new-tokens", "3", *demos])  # fmt: skip
     assert code == 0
     assert capsys.readouterr().out.strip()
 
 
-def test_bad_input_is_one_error_line(saved, capsys):
-    code = main(
-        ["generate", "--model", str(saved / "model"), "--image", str(saved / "none.png"), "--prompt", "x"]
-    )
+def test_generate_without_a_model_answers_with_the_world_model(tmp_path, capsys):
+    """No --model: the embedded world model (no download), which names a clear object's colour."""
+    Scene("circle", "blue", "large", "left", 5.0, 1).render().save(tmp_path / "q.png")
+    args = [
+        "generate",
+        "--image",
+        str(tmp_path / "q.png"),
+        "--prompt",
+        "what colour is it ?",
+        "--mode",
+        "zero",
+    ]
+    assert main([*args, "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().out.split() == ["blue", "."]
+
+
+def test_bad_input_is_one_error_line(llava_dir, images, capsys):
+    code = main(["generate", "--model", str(llava_dir), "--image", str(images / "none.png"), "--prompt", "x"])
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("aim-icl generate: error: image not found") and "\n" not in err
+
+
+def test_a_corrupt_projector_is_one_error_line(llava_dir, images, tmp_path, capsys):
+    from aim_icl import AIM
+
+    projector = AIM.from_pretrained(llava_dir).save_projector(tmp_path / "projector")
+    save_file({"copy.weight": torch.zeros(1)}, str(projector / "projector.safetensors"))
+    args = [
+        "generate",
+        "--model",
+        str(llava_dir),
+        "--projector",
+        str(projector),
+        "--image",
+        str(images / "0.png"),
+    ]
+    assert main([*args, "--prompt", QUERY]) == 2
+    err = capsys.readouterr().err  # the model loaded (its progress bar), then the projector failed: one line
+    assert err.splitlines()[-1].startswith("aim-icl generate: error: cannot load ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "missing", "extra"),
+    [
+        (["serve"], "fastapi", "serve"),
+        (["serve"], "uvicorn", "serve"),
+        (["demo", "--items", "1"], "matplotlib", "eval"),
+        (["train", "--data", "x.jsonl"], "yaml", "train"),
+    ],
+)
+def test_a_missing_extra_is_named_in_one_line_before_any_work(argv, missing, extra):
+    result = run_cli(*argv, block=(missing,))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"aim-icl {argv[0]}: error: needs the [{extra}] extra ({missing} is not installed): "
+        f'pip install "aim-icl[{extra}]"\n'
+    )
+    assert result.stdout == ""  # checked before the verb ran (demo would have printed its table)
+
+
+def test_a_module_of_an_extra_missing_deep_inside_a_verb_is_one_line_too(tmp_path):
+    """A verb with no extra of its own (`world ship` reads YAML from the [train] extra) still gets one line."""
+    result = run_cli("world", "ship", "--model", str(tmp_path), "--projector", str(tmp_path), block=("yaml",))
+    assert result.returncode == 2
+    assert result.stderr == (
+        'aim-icl world: error: needs the [train] extra (yaml is not installed): pip install "aim-icl[train]"\n'
+    )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
 from conftest import make_demos
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from aim_icl import AIM, AIMError, Demo, DemoStates, load_image
+from aim_icl.errors import MissingDependency, check_extra
 from aim_icl.testing.tiny import build_tiny, tiny_image
 
 QUERY = "question: what is it? answer:"
@@ -101,3 +105,58 @@ def test_a_model_without_the_image_convention_is_named():
     )
     with pytest.raises(AIMError, match="missing config.image_token_id"):
         AIM(lm, processor)
+
+
+@pytest.mark.parametrize(
+    ("weights", "reason"),
+    [
+        (b"not a safetensors file", "header"),  # corrupt: safetensors cannot read it
+        ({"linear.weight": torch.zeros(3)}, "Missing key(s) in state_dict: "),  # a linear projector's
+        ("wrong shape", "size mismatch for"),
+    ],
+    ids=["corrupt", "other-keys", "wrong-shape"],
+)
+def test_a_bad_projector_file_is_one_clear_error(weights, reason, llava, tmp_path):
+    directory = llava.save_projector(tmp_path / "proj")
+    path = directory / "projector.safetensors"
+    if isinstance(weights, bytes):
+        path.write_bytes(weights)
+    else:
+        state = (
+            weights
+            if isinstance(weights, dict)
+            else {k: v.reshape(-1)[:1] for k, v in load_file(path).items()}
+        )
+        save_file(state, str(path))
+    with pytest.raises(AIMError) as err:
+        AIM(*build_tiny("llava"), projector=directory)
+    message = str(err.value)
+    assert message.startswith(f"cannot load {path}: ") and reason in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("module", "prefer", "message"),
+    [
+        ("fastapi", None, 'needs the [serve] extra (fastapi is not installed): pip install "aim-icl[serve]"'),
+        ("matplotlib.figure", None, "needs the [eval] extra (matplotlib is not installed)"),
+        ("yaml", None, "needs the [train] extra (yaml is not installed)"),  # distribution pyyaml
+        ("psutil", None, "needs the [eval] extra"),  # in [eval] and [serve]: the first ...
+        ("psutil", "serve", "needs the [serve] extra"),  # ... unless the verb's own extra has it
+        ("torch", "serve", "torch is not installed; it is a dependency of aim-icl: pip install aim-icl"),
+    ],
+)
+def test_a_missing_module_names_the_extra_that_installs_it(module, prefer, message):
+    error = MissingDependency.from_import_error(ModuleNotFoundError(name=module), prefer=prefer)
+    assert isinstance(error, AIMError) and str(error).startswith(message)
+
+
+def test_a_module_aim_icl_does_not_require_is_not_blamed_on_an_extra():
+    assert MissingDependency.from_import_error(ModuleNotFoundError(name="torchvision")) is None
+    assert MissingDependency.from_import_error(ModuleNotFoundError("no name")) is None
+
+
+def test_check_extra_finds_a_missing_module_without_importing_it(monkeypatch):
+    check_extra("serve")  # installed in the test environment
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
+    with pytest.raises(MissingDependency, match=r"needs the \[serve\] extra \(uvicorn is not installed\)"):
+        check_extra("serve")

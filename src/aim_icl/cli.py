@@ -1,4 +1,8 @@
-"""`aim-icl <verb>`: one small module per verb under `aim_icl.commands`, and a `main(argv)` tests can call."""
+"""`aim-icl <verb>`: one small module per verb under `aim_icl.commands`, and a `main(argv)` tests can call.
+
+A verb module declares its arguments with light imports only and imports what it runs inside `run`, so `--help`
+starts without torch, transformers or an optional extra; a verb whose extra is missing says which one to install.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,12 @@ import argparse
 import importlib
 import sys
 
-from aim_icl.errors import AIMError
+from aim_icl.errors import AIMError, MissingDependency, check_extra
 
 VERBS = {
     "generate": "answer one query with demonstrations in any mode",
     "demo": "the main job on the embedded default",
+    "inspect": "show what the projector wrote: fused tokens read as their nearest vocabulary tokens",
     "world": "the embedded synthetic world: pretrain its tiny MLLM, dump corpora, train and measure",
     "train": "train the AIM projector on interleaved image-text corpora",
     "eval": "measure modes and shot counts on a benchmark: quality, prompt tokens, memory, latency",
@@ -19,25 +24,45 @@ VERBS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; given `verb`, only that verb's module is imported for its arguments (the others are listed
+    by name), so one verb's imports never slow or break another."""
     parser = argparse.ArgumentParser(
         prog="aim-icl", description="Many-shot multimodal ICL with AIM fused tokens."
     )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
-    for verb, help_text in VERBS.items():
-        module = importlib.import_module(f"aim_icl.commands.{verb}")
-        module.add_arguments(sub.add_parser(verb, help=help_text, description=module.__doc__))
+    for name, help_text in VERBS.items():
+        if verb not in (None, name):
+            sub.add_parser(name, help=help_text)
+            continue
+        module = _command(name)
+        module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    module = importlib.import_module(f"aim_icl.commands.{args.verb}")
+    argv = sys.argv[1:] if argv is None else argv
+    verb = next((a for a in argv if not a.startswith("-")), "")  # the top level takes no option but --help
+    args = build_parser(verb).parse_args(argv)
+    command = _command(args.verb)
+    extra = getattr(command, "EXTRA", None)  # the optional extra the verb runs on, if any
     try:
-        return module.run(args) or 0
+        if extra:
+            check_extra(extra)
+        return command.run(args) or 0
+    except ModuleNotFoundError as err:
+        # a module of an optional extra: one line naming the extra; any other missing module is a bug
+        error = MissingDependency.from_import_error(err, prefer=extra)
+        if error is None:
+            raise
     except AIMError as err:
-        print(f"aim-icl {args.verb}: error: {err}", file=sys.stderr)
-        return 2
+        error = err
+    print(f"aim-icl {args.verb}: error: {error}", file=sys.stderr)
+    return 2
+
+
+def _command(verb: str):
+    return importlib.import_module(f"aim_icl.commands.{verb}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from aim_icl.commands._model import add_model_arguments, load_aim
 from aim_icl.errors import AIMError
 
 DTYPES = ("float16", "bfloat16", "float32")
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description=BUILD_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    build.add_argument("--model", required=True, help="model directory or hub id (loaded with transformers)")
+    add_model_arguments(build, projector=False)  # the bank stores pre-projector states
     build.add_argument("--demos", required=True, help='JSONL file, one {"image": path, "text": ...} per line')
     build.add_argument("--bank", required=True, help="bank file (created if missing)")
     build.add_argument("--batch-size", type=int, default=8)
@@ -65,14 +66,12 @@ def _build(args: argparse.Namespace) -> int:
     import torch
 
     from aim_icl.bank.build import build_bank, process_state
-    from aim_icl.core.aim import AIM
 
     if not Path(args.demos).is_file():  # fail before loading a model that may take minutes
         raise AIMError(f"demo file not found: {args.demos}")
     state = process_state(args.device)
-    hf_kwargs = {"dtype": getattr(torch, args.model_dtype)} if args.model_dtype else {}
-    aim = AIM.from_pretrained(args.model, layer=args.layer, **hf_kwargs)
-    aim.model.to(args.device or state.device)
+    device = args.device or state.device
+    aim = load_aim(args.model, device=device, dtype=args.model_dtype, with_projector=False, layer=args.layer)
     report = build_bank(
         aim, args.demos, args.bank, args.batch_size, getattr(torch, args.dtype), progress=not args.no_progress
     )
@@ -93,12 +92,12 @@ def _info(args: argparse.Namespace) -> int:
     with BankStore(args.bank) as store:
         summary, fp = store.summary(), store.fingerprint
         first = next(store.rows(limit=1), None)
-    size_mb = sum(
+    size_bytes = sum(
         Path(f"{args.bank}{s}").stat().st_size for s in ("", "-wal") if Path(f"{args.bank}{s}").exists()
     )
     n = summary["demos"]
     lines = [
-        f"bank        {args.bank} ({size_mb / 1e6:.1f} MB, format {summary['format_version']}, created {summary['created']})",
+        f"bank        {args.bank} ({size_bytes / 1e6:.1f} MB, format {summary['format_version']}, created {summary['created']})",
         f"demos       {n} ({summary['with_image']} with an image embedding)",
         f"tokens      {summary['text_tokens']} ({summary['text_tokens'] / max(n, 1):.1f} per demo)",
         f"hidden      {', '.join(summary['hidden_dtypes']) or '-'}"

@@ -13,10 +13,11 @@ import logging
 import shutil
 from pathlib import Path
 
-from aim_icl.core.aim import MODES
+from aim_icl.core.modes import MODES
 from aim_icl.errors import AIMError
 
 DEFAULT_TASKS = ("fast_binding", "caption_style")
+EXTRA = "eval"  # the optional extra this verb runs on (the CLI checks it first)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,20 +12,19 @@ import argparse
 import logging
 from pathlib import Path
 
-from aim_icl.core.aim import MODES
+from aim_icl.commands._model import add_model_arguments, fresh_projector, load_aim
+from aim_icl.core.modes import MODES
 from aim_icl.errors import AIMError
 from aim_icl.eval.task import task_names
 
 logger = logging.getLogger(__name__)
+EXTRA = "eval"  # the optional extra this verb runs on (the CLI checks it first)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model directory or hub id (loaded with transformers)")
-    parser.add_argument(
-        "--projector", help="projector directory; without it `aim` fits the copy map on the pool"
-    )
+    add_model_arguments(parser)  # with --model and no --projector, `aim` fits the copy map on the pool
     parser.add_argument("--task", required=True, help=f"one of: {', '.join(task_names())}")
     parser.add_argument(
         "--data-dir", type=Path, help="the dataset's folder (official files or a `datasets` dir)"
@@ -70,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     task = get_task(args.task).loaded(paths, args.eval_split)
     state = process_state(cpu=not torch.cuda.is_available() or str(args.device).startswith("cpu"))
     torch.manual_seed(args.seed)  # a fresh projector's initialisation, identical in every process
-    aim = _load_aim(args, args.device or state.device)
-    if "aim" in args.modes and args.projector is None and any(args.shots) and task.train:
+    aim = load_aim(args.model, args.projector, device=args.device or state.device, dtype=args.dtype)
+    fit = fresh_projector(args.model, args.projector) and "aim" in args.modes and any(args.shots)
+    if fit and task.train:
         _fit_copy_map(aim, task, args)
     rows = run_eval(
         aim,
@@ -90,18 +90,6 @@ def run(args: argparse.Namespace) -> int:
     if state.is_main_process:
         print(markdown_table(rows))
     return 0
-
-
-def _load_aim(args: argparse.Namespace, device):
-    import torch
-
-    from aim_icl.core.aim import AIM
-
-    kwargs = {} if args.dtype == "auto" else {"dtype": getattr(torch, args.dtype)}
-    aim = AIM.from_pretrained(args.model, projector=args.projector, **kwargs)
-    aim.model.to(device)
-    aim.projector.to(device)
-    return aim
 
 
 def _fit_copy_map(aim, task, args: argparse.Namespace) -> None:

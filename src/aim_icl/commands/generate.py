@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from aim_icl.core.aim import AIM, MODES
-from aim_icl.core.demo import Demo, load_image
+from aim_icl.commands._model import add_model_arguments, fresh_projector, load_aim
+from aim_icl.core.modes import MODES
 
 logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model directory or hub id (loaded with transformers)")
-    parser.add_argument("--projector", help="projector directory written by save_projector / aim-icl train")
+    add_model_arguments(parser)
     parser.add_argument("--image", required=True, help="query image file")
     parser.add_argument("--prompt", required=True, help="query text, e.g. 'Question: what is it? Answer:'")
     parser.add_argument(
@@ -30,12 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from aim_icl.core.demo import Demo, load_image
+
     query = load_image(args.image)  # read inputs before loading a model that may take minutes
     demos = [Demo(load_image(image), text) for image, text in args.demo]
-    aim = AIM.from_pretrained(args.model, projector=args.projector)
-    aim.model.to(args.device)
-    aim.projector.to(args.device)
-    if args.mode == "aim" and args.projector is None and demos:
+    aim = load_aim(args.model, args.projector, device=args.device)
+    if args.mode == "aim" and fresh_projector(args.model, args.projector) and demos:
         logger.warning("no --projector: fitting the copy map on the given demos (AIM then ≈ text-only demos)")
         aim.fit_projector(demos)
     print(aim.generate(query, args.prompt, demos=demos, mode=args.mode, max_new_tokens=args.max_new_tokens))

@@ -11,16 +11,15 @@ import logging
 import os
 from pathlib import Path
 
-from aim_icl.core.aim import AIM
+from aim_icl.commands._model import add_model_arguments, fresh_projector, load_aim
 from aim_icl.errors import AIMError
-from aim_icl.serve.service import DEFAULT_DEMO_TEMPLATE
 
 logger = logging.getLogger(__name__)
+EXTRA = "serve"  # the optional extra this verb runs on (the CLI checks it first)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model directory or hub id (loaded with transformers)")
-    parser.add_argument("--projector", help="projector directory written by save_projector / aim-icl train")
+    add_model_arguments(parser)
     parser.add_argument(
         "--bank", help="Demonstration Bank file (created if absent; default: a temporary one)"
     )
@@ -44,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-demos", type=int, default=32, help="demonstrations per request or task")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="when a request names no max_tokens")
     parser.add_argument(
-        "--demo-template", default=DEFAULT_DEMO_TEMPLATE, help="chat demo text from {user} and {assistant}"
+        "--demo-template",
+        help="chat demo text from {user} and {assistant} (default: the two joined by a space)",
     )
 
 
@@ -55,10 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from aim_icl.serve.app import create_app
     from aim_icl.serve.service import ModelService
 
-    aim = AIM.from_pretrained(args.model, projector=args.projector)
-    aim.model.to(args.device)
-    aim.projector.to(args.device)
-    if args.projector is None:
+    aim = load_aim(args.model, args.projector, device=args.device)
+    if fresh_projector(args.model, args.projector):
         logger.warning("no --projector: fused tokens come from an untrained projector; pass a trained one")
     app = create_app(ModelService(aim, args.bank, model_name=args.name), config)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -68,14 +66,16 @@ def run(args: argparse.Namespace) -> int:
 def server_config(args: argparse.Namespace):
     from aim_icl.serve.app import ServerConfig
     from aim_icl.serve.images import ImagePolicy
+    from aim_icl.serve.service import DEFAULT_DEMO_TEMPLATE
 
     if not _is_loopback(args.host) and not args.api_key:
         raise AIMError(f"--host {args.host} is not a loopback address: set --api-key (or AIM_ICL_API_KEY)")
     missing = [d for d in args.allow_dir if not Path(d).is_dir()]
     if missing:
         raise AIMError(f"--allow-dir {missing[0]} is not a directory")
+    template = args.demo_template or DEFAULT_DEMO_TEMPLATE
     try:
-        args.demo_template.format(user="", assistant="")
+        template.format(user="", assistant="")
     except (KeyError, IndexError, ValueError):
         raise AIMError("--demo-template may only use {user} and {assistant}") from None
     images = ImagePolicy(args.max_image_bytes, args.max_image_pixels, tuple(Path(d) for d in args.allow_dir))
@@ -86,7 +86,7 @@ def server_config(args: argparse.Namespace):
         max_body_bytes=args.max_body_bytes,
         max_demos=args.max_demos,
         max_new_tokens=args.max_new_tokens,
-        demo_template=args.demo_template,
+        demo_template=template,
         images=images,
     )
 

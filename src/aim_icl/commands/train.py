@@ -11,6 +11,8 @@ import argparse
 
 from aim_icl.train.config import add_config_arguments, load_config
 
+EXTRA = "train"  # the optional extra this verb runs on (the CLI checks it first)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file setting any option below (nested data:/optim: or flat)")

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -161,5 +162,10 @@ def load_projector(directory: str | Path, expected: BackboneSignature) -> tuple[
     weights = Path(directory) / WEIGHTS_NAME
     if not weights.is_file():
         raise AIMError(f"no {WEIGHTS_NAME} in {directory}: the projector save is incomplete")
-    projector.load_state_dict(load_file(str(weights)))
+    try:
+        projector.load_state_dict(load_file(str(weights)))
+    except (SafetensorError, OSError, RuntimeError) as err:  # corrupt file; wrong or missing tensors
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        reason = lines[1] if len(lines) > 1 else lines[0]  # torch puts the cause on its second line
+        raise AIMError(f"cannot load {weights}: {reason}; re-save or re-train the projector") from None
     return projector, config
