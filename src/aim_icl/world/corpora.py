@@ -32,7 +32,10 @@ _PLAIN_WORDS = tuple(w for w in WORDS if w.isalpha())
 MAX_SHOTS = 32
 RECALLS_PER_DOCUMENT = (2, 6)
 REFERENCE_OBJECTS = (2, 4)  # objects introduced in a reference document (evaluation asks 2 and 4)
-DOCUMENT_KINDS = {"reference": 0.5, "caption": 0.3, "question": 0.2}  # corpus 4's mixture
+# corpus 4's mixture: caption pages weigh as much as reference documents, or the projector learns to write the demo
+# images into every slot and captions lose their attributes (measured: 0.69 exact match at 16 shots after training
+# on 30% caption pages, against 0.83 for the untrained copy map)
+DOCUMENT_KINDS = {"reference": 0.45, "caption": 0.45, "question": 0.1}
 AMBIGUOUS_COPIES = 0.6  # share of copying documents that repeat a few words (see `copy_document`)
 
 
@@ -188,7 +191,7 @@ def described_sample(rng: random.Random) -> PretrainSample:
 
 def naming_sample(rng: random.Random) -> PretrainSample:
     """Objects described and named in words, then the image of one of them: the target is its name."""
-    objects = distinct_objects(rng, rng.randint(2, 4))
+    objects = distinct_objects(rng, rng.randint(2, 5))
     names = rng.sample(TRAIN_NAMES, len(objects))
     context = binding_statements(rng, objects, names, context_length(rng, len(objects)))
     pick = rng.randrange(len(objects))
