@@ -6,9 +6,11 @@ import base64
 import io
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 
 import httpx
 import openai
@@ -16,9 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from aim_icl import AIM
-from aim_icl.testing.tiny import build_tiny, tiny_image
-from tests.conftest import make_demos
+from aim_icl.testing.tiny import tiny_image
 
 KEY = "test-key"
 MAX_DEMOS = 3
@@ -48,6 +48,16 @@ def few_shot(k: int, seed: int = 0) -> list[dict]:
     return [*messages, {"role": "user", "content": query}]
 
 
+def bomb_url(width: int, height: int) -> str:
+    """A tiny PNG whose header claims width x height pixels (Pillow refuses it as a decompression bomb)."""
+    buffer = io.BytesIO()
+    Image.new("1", (1, 1)).save(buffer, format="PNG")
+    raw = bytearray(buffer.getvalue())
+    header = struct.pack(">II", width, height) + bytes(raw[24:29])  # IHDR: size, then depth, colour, ...
+    raw[16:29], raw[29:33] = header, struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    return "data:image/png;base64," + base64.b64encode(bytes(raw)).decode()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -55,27 +65,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny LLaVA saved to disk with a fitted projector; the AIM kept for counting tokens."""
-    directory = tmp_path_factory.mktemp("model")
-    model, processor = build_tiny("llava")
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    aim = AIM(model, processor)
-    aim.fit_projector(make_demos(8, seed=7))
-    aim.save_projector(directory / "projector")
-    return directory, aim
-
-
-@pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
-    directory, aim = model_dir
+def server(saved_llava, tmp_path_factory):
+    directory, projector, aim = saved_llava.model, saved_llava.projector, saved_llava.aim  # aim counts tokens
     allowed = tmp_path_factory.mktemp("allowed")
     tiny_image(5).save(allowed / "query.png")
     port = free_port()
     command = [
         sys.executable, "-m", "aim_icl.cli", "serve", "--model", str(directory),
-        "--projector", str(directory / "projector"), "--port", str(port), "--api-key", KEY,
+        "--projector", str(projector), "--port", str(port), "--api-key", KEY,
         "--allow-dir", str(allowed), "--max-demos", str(MAX_DEMOS),
         "--max-image-bytes", str(MAX_IMAGE_BYTES), "--max-new-tokens", "4",
     ]  # fmt: skip
@@ -148,7 +145,7 @@ def test_a_repeated_example_hits_the_bank(http):
     assert again["aim"]["bank_hits"] == 2
     metrics = http.get("/metrics").text
     hits = next(line for line in metrics.splitlines() if line.startswith("aim_bank_hits_total"))
-    assert int(hits.split()[-1]) >= 2
+    assert float(hits.split()[-1]) >= 2
 
 
 def test_openai_client_chat_and_stream(client, http):
@@ -168,6 +165,20 @@ def test_openai_client_chat_and_stream(client, http):
     )
     assert icl.usage.prompt_tokens > reply.usage.prompt_tokens
     assert [m.id for m in client.models.list()] == ["aim"]
+    with pytest.raises(openai.NotFoundError, match="serves 'aim'"):
+        client.chat.completions.create(model="gpt-4o", messages=messages)
+
+
+def test_openai_client_sampling_fields(client):
+    messages = few_shot(1, seed=35)
+    sampled = dict(model="aim", messages=messages, max_tokens=6, temperature=1.5, n=3, seed=11)
+    first, again = (client.chat.completions.create(**sampled) for _ in range(2))
+    assert [c.index for c in first.choices] == [0, 1, 2]
+    assert [c.message.content for c in first.choices] == [c.message.content for c in again.choices]
+    stopped = client.chat.completions.create(model="aim", messages=messages, max_tokens=6, stop=["zz"])
+    assert stopped.choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.chat.completions.create(model="aim", messages=messages, temperature=-1)
 
 
 def test_task_create_and_predict_with_fixed_demos(server, http):
@@ -240,6 +251,7 @@ BIG = Image.fromarray(torch.randint(0, 256, (200, 200, 3), dtype=torch.uint8).nu
         ("malformed_json", 400, "not valid JSON"),
         ("not_an_image", 400, "not a readable image"),
         ("oversize_image", 413, "larger than the limit"),
+        ("decompression_bomb", 413, "over the limit of"),
         ("too_many_demos", 413, "too many demonstrations"),
         ("outside_allowed", 403, "outside the directories"),
         ("wrong_key", 401, "wrong API key"),
@@ -258,6 +270,7 @@ def test_bad_requests_get_a_clean_4xx_and_the_server_keeps_serving(
         "malformed_json": lambda: _post(server, chat_path, content=b'{"messages": [', headers={"Content-Type": "application/json"}),
         "not_an_image": lambda: _post(server, chat_path, json={"messages": _with_query_image(bad_bytes)}),
         "oversize_image": lambda: _post(server, chat_path, json={"messages": _with_query_image(data_url(BIG))}),
+        "decompression_bomb": lambda: _post(server, chat_path, json={"messages": _with_query_image(bomb_url(20000, 10000))}),
         "too_many_demos": lambda: _post(server, chat_path, json={"messages": few_shot(MAX_DEMOS + 1)}),
         "outside_allowed": lambda: _post(server, chat_path, json={"messages": _with_query_image(str(outside))}),
         "wrong_key": lambda: _post(server, chat_path, headers={"Authorization": "Bearer nope"}, json={"messages": few_shot(0)}),
@@ -288,6 +301,7 @@ def test_metrics_in_prometheus_text(http):
     text = http.get("/metrics").text
     assert "# TYPE aim_requests_total counter" in text
     assert 'aim_requests_total{route="/v1/chat/completions",status="200"}' in text
-    assert 'aim_request_duration_seconds_bucket{route="/v1/chat/completions",le="+Inf"}' in text
+    assert 'aim_request_duration_seconds_bucket{le="+Inf",route="/v1/chat/completions"}' in text
     assert 'aim_prompt_tokens_total{mode="aim"}' in text
+    assert "# TYPE aim_batch_size histogram" in text and "# TYPE aim_queue_wait_seconds histogram" in text
     assert httpx.get(http.base_url.join("/health")).json()["status"] == "ok"  # no key needed for health

@@ -12,9 +12,12 @@ from aim_icl.cli import build_parser, main
 from aim_icl.commands.serve import server_config
 from aim_icl.errors import AIMError
 from aim_icl.serve.app import ServerConfig, create_app
+from aim_icl.serve.errors import RequestError
+from aim_icl.serve.images import ImagePolicy, fetch_image
 from aim_icl.serve.service import ModelService
 from aim_icl.serve.worker import ModelWorker, QueueFull
 from tests.conftest import tiny_aim
+from tests.test_serve_http import bomb_url
 
 QUERY = {"messages": [{"role": "user", "content": "what is it?"}], "max_tokens": 2}
 
@@ -77,3 +80,12 @@ def test_non_loopback_bind_needs_an_api_key(capsys):
     assert server_config(loopback).images.allowed_dirs == ()
     assert main(["serve", "--model", "m", "--allow-dir", "/no/such/dir"]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "size", [(10000, 10000), (20000, 10000)]
+)  # Pillow warns past 89M pixels, refuses past 179M
+def test_a_decompression_bomb_is_refused_as_too_many_pixels(size):
+    with pytest.raises(RequestError, match="over the limit of 16777216 pixels") as refused:
+        fetch_image(bomb_url(*size), ImagePolicy(max_pixels=4096 * 4096))
+    assert refused.value.kind == "too_large"  # 413, not "not a readable image" (400)

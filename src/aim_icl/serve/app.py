@@ -1,4 +1,6 @@
-"""The app factory: routes + error handlers + API key + request limits + one model worker behind a bounded queue."""
+"""The app factory: routes + error handlers + API key + request limits + one batching model worker behind a bounded
+queue. `create_app(service, config)` builds everything from a service object and assumes nothing about the process
+it runs in (a Ray Serve deployment wraps the same app)."""
 
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from aim_icl.errors import AIMError
+from aim_icl.serve.chat import DEFAULT_DEMO_TEMPLATE
 from aim_icl.serve.errors import RequestError
 from aim_icl.serve.images import ImagePolicy
 from aim_icl.serve.routes import router
-from aim_icl.serve.service import DEFAULT_DEMO_TEMPLATE, ModelService
+from aim_icl.serve.service import GenerationJob, ModelService
 from aim_icl.serve.worker import ModelWorker, QueueFull
 
 logger = logging.getLogger(__name__)
@@ -31,7 +34,9 @@ OPEN_PATHS = ("/health",)  # answered without the API key (load balancers, readi
 @dataclass(frozen=True)
 class ServerConfig:
     api_key: str | None = None
-    queue_size: int = 8  # requests waiting behind the running one; more get 503
+    queue_size: int = 32  # requests waiting for the model worker; more get 503
+    max_batch_size: int = 8  # rows the worker generates at once (a request asking n choices is n rows)
+    max_n: int = 8  # choices one request may ask for
     timeout_s: float = 60.0  # per request, waiting in the queue included
     max_body_bytes: int = 32 * 1024 * 1024
     max_demos: int = 32
@@ -42,7 +47,8 @@ class ServerConfig:
 
 
 def create_app(service: ModelService, config: ServerConfig) -> FastAPI:
-    worker = ModelWorker(config.queue_size)
+    worker = ModelWorker(config.queue_size, config.max_batch_size, on_batch=service.metrics.observe_batch)
+    service.metrics.watch_queue(lambda: worker.waiting)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -53,6 +59,7 @@ def create_app(service: ModelService, config: ServerConfig) -> FastAPI:
     app = FastAPI(title="aim-icl", lifespan=lifespan)
     app.state.service, app.state.config, app.state.worker = service, config, worker
     app.state.run = _runner(worker, config.timeout_s)
+    app.state.generate = _generator(worker, service)
     app.include_router(router)
     _add_error_handlers(app, config)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
@@ -77,6 +84,21 @@ def _runner(worker: ModelWorker, timeout_s: float) -> Callable:
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)  # cancels it if still waiting
 
     return run
+
+
+def _generator(worker: ModelWorker, service: ModelService) -> Callable:
+    async def generate(job: GenerationJob) -> Any:
+        """Answer `job` in the worker's next batch; 503 when the queue is full, 504 past its deadline."""
+        future = worker.submit_batched(service.generate, job)
+        try:
+            return await asyncio.wait_for(
+                asyncio.wrap_future(future), max(job.deadline - time.monotonic(), 0)
+            )
+        except TimeoutError:
+            job.abandoned = True  # stops its rows if they are generating
+            raise
+
+    return generate
 
 
 def _add_error_handlers(app: FastAPI, config: ServerConfig) -> None:

@@ -73,11 +73,16 @@ def _decode(raw: bytes, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(raw))  # reads the header only: the size is known before decoding
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        # Pillow's own limit (89M pixels warns, twice that raises) fires inside `open`, before ours can
+        raise RequestError(
+            f"image is over the limit of {max_pixels} pixels (Pillow: {err})", "too_large"
+        ) from None
     except Exception:
         raise RequestError("image bytes are not a readable image; send PNG, JPEG or WebP") from None
     if img.width * img.height > max_pixels:
         raise RequestError(
-            f"image has {img.width}x{img.height} pixels, over the limit of {max_pixels}", "too_large"
+            f"image has {img.width}x{img.height} pixels, over the limit of {max_pixels} pixels", "too_large"
         )
     try:
         img.load()

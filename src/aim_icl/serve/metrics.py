@@ -1,80 +1,78 @@
-"""Server counters and their Prometheus text exposition (format 0.0.4), without a client library."""
+"""Server metrics through `prometheus_client`, in a registry per service (several apps may share a process)."""
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:
-    """Thread-safe counters: requests and errors by route and status, latency histogram, tokens, bank hits."""
+    """Requests, errors and latency by route; tokens by mode; bank hits; batch sizes and queue waits."""
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str], int] = defaultdict(int)  # (route, status) -> count
-        self.latency: dict[str, list[int]] = {}  # route -> count per bucket (+Inf last)
-        self.latency_sum: dict[str, float] = defaultdict(float)
-        self.prompt_tokens: dict[str, int] = defaultdict(int)  # mode -> tokens fed to the model
-        self.completion_tokens = 0
-        self.bank_hits = 0
-        self.bank_misses = 0
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter(
+            "aim_requests", "HTTP requests by route and status", ["route", "status"], registry=registry
+        )
+        self.errors = Counter(
+            "aim_errors", "HTTP responses with status 4xx or 5xx", ["route", "status"], registry=registry
+        )
+        self.latency = Histogram(
+            "aim_request_duration_seconds", "request latency by route", ["route"], buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )  # fmt: skip
+        self.prompt_tokens = Counter(
+            "aim_prompt_tokens", "prompt tokens fed to the model, by mode", ["mode"], registry=registry
+        )
+        self.completion_tokens = Counter("aim_completion_tokens", "tokens generated", registry=registry)
+        self.bank_hits = Counter("aim_bank_hits", "demos found in the bank", registry=registry)
+        self.bank_misses = Counter("aim_bank_misses", "demos read and added to the bank", registry=registry)
+        self.batch_rows = Histogram(
+            "aim_batch_size", "rows per model batch (a request asking n choices is n rows)", buckets=BATCH_BUCKETS,
+            registry=registry,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "aim_queue_wait_seconds", "time a request waited for the model worker", buckets=WAIT_BUCKETS,
+            registry=registry,
+        )  # fmt: skip
+        self.queue_waiting = Gauge(
+            "aim_queue_waiting", "requests waiting for the model worker", registry=registry
+        )
+
+    def watch_queue(self, waiting: Callable[[], int]) -> None:
+        """Read the queue length at each scrape."""
+        self.queue_waiting.set_function(waiting)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        with self._lock:
-            self.requests[(route, str(status))] += 1
-            buckets = self.latency.setdefault(route, [0] * (len(LATENCY_BUCKETS) + 1))
-            buckets[next((i for i, b in enumerate(LATENCY_BUCKETS) if seconds <= b), -1)] += 1
-            self.latency_sum[route] += seconds
+        self.requests.labels(route, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
 
     def observe_answer(self, mode: str, prompt_tokens: int, completion_tokens: int, hits: int, misses: int):
-        with self._lock:
-            self.prompt_tokens[mode] += prompt_tokens
-            self.completion_tokens += completion_tokens
-            self.bank_hits += hits
-            self.bank_misses += misses
+        self.prompt_tokens.labels(mode).inc(prompt_tokens)
+        self.completion_tokens.inc(completion_tokens)
+        self.bank_hits.inc(hits)
+        self.bank_misses.inc(misses)
 
-    def render(self, queue_waiting: int) -> str:
-        """The Prometheus text format of every counter."""
-        with self._lock:
-            lines = _counter("aim_requests_total", "HTTP requests by route and status", self._by_status())
-            errors = {k: v for k, v in self._by_status().items() if k[1][1] >= "4"}
-            lines += _counter("aim_errors_total", "HTTP responses with status 4xx or 5xx", errors)
-            lines += self._histogram()
-            tokens = {(("mode", m),): n for m, n in self.prompt_tokens.items()}
-            lines += _counter("aim_prompt_tokens_total", "prompt tokens fed to the model, by mode", tokens)
-            lines += _counter("aim_completion_tokens_total", "tokens generated", {(): self.completion_tokens})
-            lines += _counter("aim_bank_hits_total", "demos found in the bank", {(): self.bank_hits})
-            lines += _counter(
-                "aim_bank_misses_total", "demos read and added to the bank", {(): self.bank_misses}
-            )
-        lines += [
-            "# HELP aim_queue_waiting requests waiting for the model worker",
-            "# TYPE aim_queue_waiting gauge",
-        ]
-        lines.append(f"aim_queue_waiting {queue_waiting}")
-        return "\n".join(lines) + "\n"
+    def observe_batch(self, rows: int, waits: list[float]) -> None:
+        self.batch_rows.observe(rows)
+        for seconds in waits:
+            self.queue_wait.observe(seconds)
 
-    def _by_status(self) -> dict[tuple, int]:
-        return {(("route", r), ("status", s)): n for (r, s), n in sorted(self.requests.items())}
-
-    def _histogram(self) -> list[str]:
-        name = "aim_request_duration_seconds"
-        lines = [f"# HELP {name} request latency by route", f"# TYPE {name} histogram"]
-        for route, buckets in sorted(self.latency.items()):
-            total = 0
-            for bound, count in zip([*LATENCY_BUCKETS, "+Inf"], buckets):
-                total += count
-                lines.append(f'{name}_bucket{{route="{route}",le="{bound}"}} {total}')
-            lines.append(f'{name}_sum{{route="{route}"}} {self.latency_sum[route]:.6f}')
-            lines.append(f'{name}_count{{route="{route}"}} {total}')
-        return lines
-
-
-def _counter(name: str, help_text: str, values: dict[tuple, int]) -> list[str]:
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
-    for labels, value in values.items():
-        rendered = ",".join(f'{k}="{v}"' for k, v in labels)
-        lines.append(f"{name}{{{rendered}}} {value}" if rendered else f"{name} {value}")
-    return lines
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

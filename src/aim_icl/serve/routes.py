@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import re
+import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
+from aim_icl.serve.chat import parse_chat
 from aim_icl.serve.errors import RequestError
 from aim_icl.serve.images import fetch_image
+from aim_icl.serve.metrics import CONTENT_TYPE
+from aim_icl.serve.sampling import Generation
 from aim_icl.serve.schemas import (
     AIMInfo,
     AnswerMessage,
@@ -26,7 +27,9 @@ from aim_icl.serve.schemas import (
     TaskRequest,
     Usage,
 )
-from aim_icl.serve.service import Answer, Task, parse_chat, prepare_task
+from aim_icl.serve.service import Answer, ModelService
+from aim_icl.serve.streaming import QueueSink, stream_response
+from aim_icl.serve.tasks import ServedTask, prepare_task
 
 router = APIRouter()
 
@@ -44,26 +47,27 @@ async def models(request: Request) -> dict:
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> PlainTextResponse:
-    state = request.app.state
-    text = state.service.metrics.render(state.worker.waiting)
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.service.metrics.render(), media_type=CONTENT_TYPE)
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatRequest, request: Request) -> ChatCompletion | StreamingResponse:
     state, config = request.app.state, request.app.state.config
     service = state.service
+    _check_model(body.model, service.model_name)
+    generation = _generation(body, config, service)
     chat = await run_in_threadpool(
         parse_chat, body.messages, config.images, config.demo_template, config.max_demos
     )
-    limit = _token_limit(body.token_limit(config.max_new_tokens), config.max_new_tokens_cap)
-    answer = await state.run(lambda deadline: service.answer(chat, body.aim_mode, limit, deadline))
-    completion = _completion(answer, service.model_name)
+    deadline = time.monotonic() + config.timeout_s
     if body.stream:
+        sink = QueueSink(asyncio.get_running_loop())
+        job = service.chat_job(chat, body.aim_mode, generation, deadline, sink)
         usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(_sse(completion, usage), media_type="text/event-stream")
-    return completion
+        return await stream_response(state.worker, service, job, sink, body.aim_mode, usage)
+    answer = await state.generate(service.chat_job(chat, body.aim_mode, generation, deadline))
+    return _completion(answer, service.model_name)
 
 
 @router.post("/v1/tasks", status_code=201)
@@ -83,11 +87,11 @@ async def list_tasks(request: Request) -> dict:
 @router.post("/v1/tasks/{name}/predict")
 async def predict(name: str, body: PredictRequest, request: Request) -> Prediction:
     state, config = request.app.state, request.app.state.config
-    image = None if body.image is None else await run_in_threadpool(fetch_image, body.image, config.images)
     limit = _token_limit(body.max_tokens or config.max_new_tokens, config.max_new_tokens_cap)
-    answer = await state.run(
-        lambda deadline: state.service.predict(name, image, body.question, limit, deadline)
-    )
+    deadline = time.monotonic() + config.timeout_s
+    image = None if body.image is None else await run_in_threadpool(fetch_image, body.image, config.images)
+    job = state.service.predict_job(name, image, body.question, Generation(limit), deadline)
+    answer = await state.generate(job)
     return Prediction(
         task=name,
         answer=answer.text,
@@ -98,17 +102,37 @@ async def predict(name: str, body: PredictRequest, request: Request) -> Predicti
     )
 
 
+def _check_model(model: str | None, served: str) -> None:
+    """OpenAI-compatible servers answer an unknown model with 404 (clients raise NotFoundError)."""
+    if model is not None and model != served:
+        raise RequestError(
+            f"model {model!r} is not served here; this server serves {served!r} (GET /v1/models)", "not_found"
+        )
+
+
+def _generation(body: ChatRequest, config, service: ModelService) -> Generation:
+    if body.n > config.max_n:
+        raise RequestError(f"n: {body.n} choices is over this server's limit of {config.max_n}")
+    limit = _token_limit(body.token_limit(config.max_new_tokens), config.max_new_tokens_cap)
+    temperature, top_p = service.sampling_defaults()
+    return Generation(
+        max_tokens=limit,
+        temperature=temperature if body.temperature is None else body.temperature,
+        top_p=top_p if body.top_p is None else body.top_p,
+        seed=body.seed,
+        n=body.n,
+        stop=tuple(body.stop),
+    )
+
+
 def _token_limit(requested: int, cap: int) -> int:
     if requested > cap:
-        raise RequestError(f"max_tokens {requested} is over this server's limit of {cap}")
+        raise RequestError(f"max_tokens: {requested} is over this server's limit of {cap}")
     return requested
 
 
 def _usage(answer: Answer) -> Usage:
-    total = answer.prompt_tokens + answer.completion_tokens
-    return Usage(
-        prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens, total_tokens=total
-    )
+    return Usage.of(answer.prompt_tokens, answer.completion_tokens)
 
 
 def _info(answer: Answer) -> AIMInfo:
@@ -118,38 +142,22 @@ def _info(answer: Answer) -> AIMInfo:
 
 
 def _completion(answer: Answer, model: str) -> ChatCompletion:
+    choices = [
+        Choice(index=i, message=AnswerMessage(content=c.text), finish_reason=c.finish_reason)
+        for i, c in enumerate(answer.choices)
+    ]
     return ChatCompletion(
         id=f"chatcmpl-{uuid.uuid4().hex}",
         created=int(time.time()),
         model=model,
-        choices=[Choice(message=AnswerMessage(content=answer.text))],
+        choices=choices,
         usage=_usage(answer),
         aim_mode=answer.mode,
         aim=_info(answer),
     )
 
 
-def _sse(completion: ChatCompletion, include_usage: bool) -> Iterator[str]:
-    """The finished answer as OpenAI's chunk events: role, one chunk per word, finish, [usage], [DONE]."""
-    base = {"id": completion.id, "object": "chat.completion.chunk", "created": completion.created}
-    base |= {"model": completion.model, "aim_mode": completion.aim_mode}
-
-    def event(payload: dict) -> str:
-        return f"data: {json.dumps(payload)}\n\n"
-
-    def chunk(delta: dict, finish: str | None = None) -> str:
-        return event({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-
-    yield chunk({"role": "assistant", "content": ""})
-    for piece in re.findall(r"\s*\S+", completion.choices[0].message.content):
-        yield chunk({"content": piece})
-    yield chunk({}, "stop")
-    if include_usage:
-        yield event({**base, "choices": [], "usage": completion.usage.model_dump()})
-    yield "data: [DONE]\n\n"
-
-
-def _task_info(task: Task) -> TaskInfo:
+def _task_info(task: ServedTask) -> TaskInfo:
     return TaskInfo(
         name=task.name,
         mode=task.mode,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Mode = Literal["aim", "icl", "text", "zero"]
 Strategy = Literal["fixed", "random", "similarity", "text_similarity"]
+MAX_STOPS = 4  # as OpenAI's API
 
 
 class ImageURL(BaseModel):
@@ -33,7 +34,11 @@ class StreamOptions(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    """OpenAI's chat-completions request; fields AIM does not use (temperature, top_p, ...) are accepted."""
+    """OpenAI's chat-completions request; fields AIM does not use (logprobs, tools, ...) are accepted and ignored.
+
+    Sampling fields mean what they mean in OpenAI's API. Without `temperature` the model's generation config
+    decides (greedy for models that do not sample by default, as the world model and most checkpoints).
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -41,6 +46,11 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    n: int = Field(1, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = Field(None, validate_default=True)
     stream: bool = False
     stream_options: StreamOptions | None = None
     aim_mode: Mode = "aim"  # extension: how the demos reach the model (zero/text/icl for comparison)
@@ -48,11 +58,27 @@ class ChatRequest(BaseModel):
     def token_limit(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
 
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop: str | list[str] | None) -> list[str]:
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(stops) > MAX_STOPS or any(not s for s in stops):
+            raise ValueError(f"give at most {MAX_STOPS} non-empty stop strings")
+        return stops
+
 
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
 
 
 class AnswerMessage(BaseModel):
@@ -63,7 +89,7 @@ class AnswerMessage(BaseModel):
 class Choice(BaseModel):
     index: int = 0
     message: AnswerMessage
-    finish_reason: str = "stop"
+    finish_reason: Literal["stop", "length"] = "stop"
 
 
 class AIMInfo(BaseModel):

@@ -1,164 +1,127 @@
-"""The model service, with no HTTP in it: chats parsed into demos + query, bank lookups, named tasks, counters.
+"""The model service, with no HTTP in it: prompts from chats and tasks, the bank, batched generation, counters.
 
-Every method that touches the model or the bank runs on the model worker's thread (`app.py`); the `parse_*` and
-`prepare_*` functions only validate and decode images, so they may run anywhere.
+Requests become `GenerationJob`s; the model worker (`worker.py`) hands every waiting job to `generate(jobs)` at once,
+on its thread, where prompts are built (demos through the Demonstration Bank by content key) and answered in one
+left-padded batch (`aim_icl.core.batching`), each row with its own sampling, stop strings and token limit. A job is
+answered as soon as its choices are finished; a streaming job hears of every piece of text as it is generated.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
-from PIL import Image
+from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from aim_icl.bank import DemoBank
 from aim_icl.core.aim import AIM
+from aim_icl.core.batching import generate_batch
 from aim_icl.core.demo import Demo
 from aim_icl.errors import AIMError
 from aim_icl.registry import Registry
+from aim_icl.serve.chat import Conversation
+from aim_icl.serve.choices import Choice, ChoiceTracker
 from aim_icl.serve.errors import RequestError
-from aim_icl.serve.images import ImagePolicy, fetch_image
 from aim_icl.serve.metrics import Metrics
-from aim_icl.serve.schemas import ChatMessage, TaskRequest
+from aim_icl.serve.sampling import Generation, RowSampler, rows_of
+from aim_icl.serve.tasks import ServedTask, TaskSpec
 
 logger = logging.getLogger(__name__)
 
-# a chat demonstration's text: the user's text of the example turn, then the assistant's answer
-DEFAULT_DEMO_TEMPLATE = "{user} {assistant}"
-
 
 @dataclass
-class Conversation:
-    """A chat as AIM sees it: demos from the example turns, then the query (the last user turn)."""
+class Prompt:
+    """A request's prompt as built on the worker: the model inputs and what went into them."""
 
-    demos: list[Demo]
-    image: Image.Image | None
-    text: str
+    inputs: dict[str, Any]
+    mode: str
+    demo_keys: list[str]
+    demos: int
+    bank_hits: int
+    bank_misses: int = 0
+    prefix_cache: Any = None  # the task's PrefixCache: this query runs alone through it
+    query: tuple = ()  # (image, text) for the prefix cache
+
+    @property
+    def tokens(self) -> int:
+        return self.inputs["input_ids"].shape[1]
 
 
 @dataclass
 class Answer:
-    text: str
+    """What a request gets back: its choices and what the prompt cost."""
+
+    choices: list[Choice]
     mode: str
     prompt_tokens: int
-    completion_tokens: int
     demos: int
     bank_hits: int
     cached_prompt_tokens: int = 0
     demo_keys: list[str] = field(default_factory=list)
 
+    @property
+    def text(self) -> str:
+        return self.choices[0].text
 
-@dataclass
-class Task:
-    """A registered task: fixed demos (with a prefix cache where the mode allows) or per-query selection."""
-
-    name: str
-    mode: str
-    strategy: str
-    k: int
-    template: str
-    demo_keys: list[str]
-    demos: list = field(default_factory=list)  # fixed tasks: Demo (icl) or bank states
-    cache: object | None = None  # PrefixCache for fixed demos in aim/text/zero mode
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.tokens for c in self.choices)
 
 
-@dataclass
-class TaskSpec:
-    """A validated task request with its uploaded images decoded."""
+class StreamSink(Protocol):
+    """Where a streaming job's events go, from the worker thread."""
 
-    request: TaskRequest
-    uploaded: list[Demo]
+    def start(self) -> None: ...  # the prompt is built: generation begins
 
+    def text(self, choice: int, piece: str) -> None: ...
 
-def parse_chat(
-    messages: list[ChatMessage], policy: ImagePolicy, demo_template: str, max_demos: int
-) -> Conversation:
-    """Every earlier user turn with an image plus the assistant answer after it is one demo; the last user turn is
-    the query. System (and developer) text goes before the query text."""
-    if messages[-1].role != "user":
-        raise RequestError("the last message must be the user's question")
-    system = [_texts(m) for m in messages if m.role in ("system", "developer")]
-    turns = [m for m in messages if m.role in ("user", "assistant")]
-    demos, i = [], 0
-    while i < len(turns) - 1:
-        user, reply = turns[i], turns[i + 1]
-        if user.role != "user" or reply.role != "assistant":
-            raise RequestError("earlier turns must alternate: a user example, then the assistant's answer")
-        demos.append(_demo(user, reply, policy, demo_template))
-        if len(demos) > max_demos:
-            raise RequestError(f"too many demonstrations: at most {max_demos} per request", "too_large")
-        i += 2
-    query = turns[-1]
-    images = _image_urls(query)
-    image = fetch_image(images[0], policy) if images else None
-    text = "\n".join([*[s for s in system if s], _texts(query)])
-    return Conversation(demos, image, text)
+    def end(self, choice: int, reason: str) -> None: ...
 
 
-def _demo(user: ChatMessage, reply: ChatMessage, policy: ImagePolicy, template: str) -> Demo:
-    images = _image_urls(user)
-    image = fetch_image(images[0], policy) if images else None
-    return Demo(image, template.format(user=_texts(user), assistant=_texts(reply)).strip())
+@dataclass(eq=False)
+class GenerationJob:
+    """One request for the batched generator; `prompt()` runs on the worker thread."""
 
+    prompt: Callable[[], Prompt]
+    generation: Generation
+    deadline: float
+    sink: StreamSink | None = None
+    future: Future = field(default_factory=Future)
+    abandoned: bool = False  # set by the request when its client left or timed out
+    started: bool = False
 
-def _image_urls(message: ChatMessage) -> list[str]:
-    if isinstance(message.content, str) or message.content is None:
-        return []
-    urls = [p.image_url.url for p in message.content if p.type == "image_url" and p.image_url]
-    if any(p.type == "image_url" and not p.image_url for p in message.content):
-        raise RequestError("an image_url part needs an image_url object with a url")
-    if len(urls) > 1:
-        raise RequestError("one image per user turn: a demo or the query holds a single image")
-    if urls and message.role != "user":
-        raise RequestError("only user turns may hold images")
-    return urls
-
-
-def _texts(message: ChatMessage) -> str:
-    if message.content is None:
-        return ""
-    if isinstance(message.content, str):
-        return message.content
-    return " ".join(p.text for p in message.content if p.type == "text" and p.text)
-
-
-def prepare_task(request: TaskRequest, policy: ImagePolicy, max_demos: int) -> TaskSpec:
-    """Check a task request and decode its uploaded images (no model, no bank)."""
-    try:
-        request.template.format(question="")
-    except (KeyError, IndexError, ValueError):
-        raise RequestError("template may only use the field {question}, e.g. 'Q: {question} A:'") from None
-    if "{question}" not in request.template:
-        raise RequestError("template must hold {question}, where the query's question goes")
-    count = len(request.demos) + len(request.demo_keys)
-    if request.strategy == "fixed" and request.mode == "zero" and count:
-        raise RequestError("mode 'zero' takes no demos")
-    if request.strategy != "fixed" and (request.k is None or request.mode not in ("aim", "text")):
-        raise RequestError(f"strategy {request.strategy!r} needs k and mode 'aim' or 'text'")
-    if request.mode == "icl" and request.demo_keys:
-        raise RequestError("mode 'icl' needs uploaded demos with images; bank keys hold no image")
-    if max(count, request.k or 0) > max_demos:
-        raise RequestError(f"too many demonstrations: at most {max_demos} per task", "too_large")
-    uploaded = [
-        Demo(None if d.image is None else fetch_image(d.image, policy), d.text) for d in request.demos
-    ]
-    return TaskSpec(request, uploaded)
+    @property
+    def rows(self) -> int:
+        return self.generation.n
 
 
 class ModelService:
     """Answers chats and task queries with one AIM; demos go through the Demonstration Bank by content key."""
 
-    def __init__(self, aim: AIM, bank_path: str | Path | None = None, model_name: str = "aim"):
+    def __init__(
+        self,
+        aim: AIM,
+        bank_path: str | Path | None = None,
+        model_name: str = "aim",
+        bank_over: str | Path | None = None,
+    ):
+        """`bank_over`: a shared bank read but never written (server replicas); `bank_path` then holds what this
+        service adds (`aim_icl.bank.layered`)."""
         self.aim = aim
         self.model_name = model_name
         self.metrics = Metrics()
-        self.tasks: Registry[Task] = Registry("task")
-        self._bank_path = bank_path
+        self.tasks: Registry[ServedTask] = Registry("task")
+        self._bank_path, self._bank_over = bank_path, bank_over
         self._bank: DemoBank | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self._eos_ids = _eos_ids(aim)
 
     @property
     def bank(self) -> DemoBank:
@@ -168,7 +131,7 @@ class ModelService:
             if path is None:  # no bank given: a bank for this server's lifetime
                 self._tmp = tempfile.TemporaryDirectory(prefix="aim-serve-")
                 path = Path(self._tmp.name) / "bank.sqlite"
-            self._bank = DemoBank(path, self.aim)
+            self._bank = DemoBank(path, self.aim, over=self._bank_over)
         return self._bank
 
     def close(self) -> None:
@@ -177,21 +140,125 @@ class ModelService:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    # -- chats -------------------------------------------------------------------------------------------------
+    def sampling_defaults(self) -> tuple[float, float]:
+        """(temperature, top_p) for requests that name none: the model's generation config (greedy unless it samples)."""
+        config = self.aim.model.generation_config
+        if not config.do_sample:
+            return 0.0, 1.0
+        return float(config.temperature or 1.0), float(config.top_p or 1.0)
 
-    def answer(self, chat: Conversation, mode: str, max_new_tokens: int, deadline: float) -> Answer:
-        """Answer the chat's query in `mode`; in `aim` mode demos come from (or are added to) the bank."""
+    # -- jobs (any thread) ---------------------------------------------------------------------------------------
+
+    def chat_job(
+        self,
+        chat: Conversation,
+        mode: str,
+        generation: Generation,
+        deadline: float,
+        sink: StreamSink | None = None,
+    ) -> GenerationJob:
+        return GenerationJob(functools.partial(self._chat_prompt, chat, mode), generation, deadline, sink)
+
+    def predict_job(
+        self, name: str, image, question: str, generation: Generation, deadline: float
+    ) -> GenerationJob:
+        task = self._task(name)
+        return GenerationJob(
+            functools.partial(self._task_prompt, task, image, question), generation, deadline
+        )
+
+    # -- the worker's side ---------------------------------------------------------------------------------------
+
+    def generate(self, jobs: list[GenerationJob]) -> None:
+        """Answer `jobs` (the worker's batch): one batch for plain prompts, prefix-cached prompts one by one."""
+        ready = [(job, prompt) for job in jobs if (prompt := self._prepare(job)) is not None]
+        plain = [(job, prompt) for job, prompt in ready if prompt.prefix_cache is None]
+        groups = [plain] if plain else []
+        groups += [[(job, prompt)] for job, prompt in ready if prompt.prefix_cache is not None]
+        for group in groups:
+            self._generate(group)
+
+    def _prepare(self, job: GenerationJob) -> Prompt | None:
+        if (
+            job.started and job.sink is not None
+        ):  # a retry after its batch failed: streamed text cannot be unsent
+            job.future.set_exception(RuntimeError("generation failed while the answer was streaming"))
+            return None
+        try:
+            prompt = job.prompt()
+        except Exception as err:  # a bad request fails alone, before the batch runs
+            job.future.set_exception(err)
+            return None
+        job.started = True
+        if job.sink is not None:
+            job.sink.start()
+        return prompt
+
+    def _generate(self, group: list[tuple[GenerationJob, Prompt]]) -> None:
+        choices = [c for job, prompt in group for c in self._choices(job, prompt)]
+        tracker = ChoiceTracker(choices, self.aim.encoder.tokenizer, self._eos_ids)
+        sampler = RowSampler([row for job, _ in group for row in rows_of(job.generation)])
+        kwargs = {
+            "max_new_tokens": max(c.max_tokens for c in choices),
+            "logits_processor": LogitsProcessorList([sampler]),
+            "stopping_criteria": StoppingCriteriaList([tracker]),
+            "max_time": max(_remaining(job.deadline) for job, _ in group),
+        }
+        first = group[0][1]
+        if first.prefix_cache is not None:
+            first.prefix_cache.generate(*first.query, **kwargs)
+        else:
+            inputs = [prompt.inputs for job, prompt in group for _ in range(job.generation.n)]
+            generate_batch(self.aim, inputs, **kwargs)
+        tracker.close()
+
+    def _choices(self, job: GenerationJob, prompt: Prompt) -> list[Choice]:
+        """The job's n choices; the job is answered when the last one ends."""
+        generation, open_choices = job.generation, [job.generation.n]
+        choices = []
+
+        def ended(index: int, choice: Choice) -> None:
+            if job.sink is not None:
+                job.sink.end(index, choice.finish_reason)
+            open_choices[0] -= 1
+            if open_choices[0] == 0:
+                self._deliver(job, prompt, choices)
+
+        for index in range(generation.n):
+            on_text = None if job.sink is None else functools.partial(job.sink.text, index)
+            choices.append(
+                Choice(
+                    generation.max_tokens,
+                    generation.stop,
+                    on_text,
+                    functools.partial(ended, index),
+                    abandoned=lambda: job.abandoned,
+                )  # fmt: skip
+            )
+        return choices
+
+    def _deliver(self, job: GenerationJob, prompt: Prompt, choices: list[Choice]) -> None:
+        cached = 0 if prompt.prefix_cache is None else prompt.prefix_cache.length
+        answer = Answer(
+            choices, prompt.mode, prompt.tokens, prompt.demos, prompt.bank_hits, cached, prompt.demo_keys
+        )
+        self.metrics.observe_answer(
+            prompt.mode, prompt.tokens, answer.completion_tokens, prompt.bank_hits, prompt.bank_misses
+        )
+        if not job.future.done():
+            job.future.set_result(answer)
+
+    # -- prompts ---------------------------------------------------------------------------------------------------
+
+    def _chat_prompt(self, chat: Conversation, mode: str) -> Prompt:
+        """The chat's query in `mode`; in `aim` mode demos come from (or are added to) the bank."""
         demos, hits, keys = ([] if mode == "zero" else chat.demos), 0, []
         if mode == "aim" and demos:
             demos, hits = self._bank_states(demos)
             keys = [d.key for d in demos]
         inputs = self.aim.build_inputs(chat.image, chat.text, demos, mode)
-        text = self.aim.generate_from(inputs, max_new_tokens, max_time=_remaining(deadline))
-        answer = Answer(
-            text, mode, inputs["input_ids"].shape[1], self._count(text), len(demos), hits, 0, keys
-        )
-        self._observe(answer, misses=len(demos) - hits if mode == "aim" else 0)
-        return answer
+        misses = len(demos) - hits if mode == "aim" else 0
+        return Prompt(inputs, mode, keys, len(demos), hits, misses)
 
     def _bank_states(self, demos: list[Demo]) -> tuple[list, int]:
         """Stored states of the demos, reading only those the bank lacks; also how many were already stored."""
@@ -200,9 +267,22 @@ class ModelService:
         self.bank.write(demos, keys)
         return [self.bank.get(k) for k in keys], sum(k in stored for k in keys)
 
+    def _task_prompt(self, task: ServedTask, image, question: str) -> Prompt:
+        text = task.template.format(question=question)
+        if task.strategy == "fixed":
+            demos, keys = (task.cache.demos if task.cache else task.demos), task.demo_keys
+        else:
+            demos = self.bank.select(image, task.k, task.strategy, query_text=text)
+            keys = [d.key for d in demos]
+        inputs = self.aim.build_inputs(
+            image, text, demos, task.mode
+        )  # the prompt as fed, for its token count
+        hits = 0 if task.mode == "icl" else len(demos)
+        return Prompt(inputs, task.mode, keys, len(demos), hits, prefix_cache=task.cache, query=(image, text))
+
     # -- tasks -------------------------------------------------------------------------------------------------
 
-    def create_task(self, spec: TaskSpec) -> Task:
+    def create_task(self, spec: TaskSpec) -> ServedTask:
         request = spec.request
         if request.name in self.tasks:
             raise RequestError(f"task {request.name!r} already exists; pick another name", "conflict")
@@ -211,7 +291,7 @@ class ModelService:
         if missing:
             raise RequestError(f"no demo with key {missing[0]!r} in the bank", "not_found")
         keys += request.demo_keys
-        task = Task(
+        task = ServedTask(
             request.name, request.mode, request.strategy, request.k or len(keys), request.template, keys
         )
         if request.strategy == "fixed":
@@ -222,31 +302,7 @@ class ModelService:
         self.tasks.register(task.name, task)
         return task
 
-    def predict(self, name: str, image, question: str, max_new_tokens: int, deadline: float) -> Answer:
-        task = self._task(name)
-        text = task.template.format(question=question)
-        if task.strategy == "fixed":
-            demos, keys = (task.cache.demos if task.cache else task.demos), task.demo_keys
-        else:
-            demos = self.bank.select(image, task.k, task.strategy, query_text=text)
-            keys = [d.key for d in demos]
-        inputs = self.aim.build_inputs(
-            image, text, demos, task.mode
-        )  # the prompt as fed, for its token count
-        if task.cache is not None:
-            answer = task.cache.generate(image, text, max_new_tokens, max_time=_remaining(deadline))
-        else:
-            answer = self.aim.generate_from(inputs, max_new_tokens, max_time=_remaining(deadline))
-        cached = task.cache.length if task.cache is not None else 0
-        hits = 0 if task.mode == "icl" else len(demos)
-        result = Answer(
-            answer, task.mode, inputs["input_ids"].shape[1], self._count(answer), len(demos), hits
-        )
-        result.cached_prompt_tokens, result.demo_keys = cached, keys
-        self._observe(result, misses=0)
-        return result
-
-    def _task(self, name: str) -> Task:
+    def _task(self, name: str) -> ServedTask:
         try:
             return self.tasks.get(name)
         except AIMError as err:
@@ -261,15 +317,14 @@ class ModelService:
             logger.warning("task served without a prefix cache: %s", err)
             return None
 
-    # -- counting ----------------------------------------------------------------------------------------------
 
-    def _count(self, text: str) -> int:
-        return len(self.aim.encoder.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def _observe(self, answer: Answer, misses: int) -> None:
-        self.metrics.observe_answer(
-            answer.mode, answer.prompt_tokens, answer.completion_tokens, answer.bank_hits, misses
-        )
+def _eos_ids(aim: AIM) -> set[int]:
+    """Every token that ends an answer: the generation config's end tokens and the tokenizer's."""
+    eos = aim.model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    if aim.encoder.tokenizer.eos_token_id is not None:
+        ids.add(aim.encoder.tokenizer.eos_token_id)
+    return {int(i) for i in ids}
 
 
 def _remaining(deadline: float) -> float:

@@ -1,0 +1,86 @@
+"""What a request asks of generation (OpenAI's fields), and per-row sampling inside one batch.
+
+`transformers.generate` samples every row of a batch with one temperature, one top_p and the global random
+generator, so requests with their own settings and seeds could not share a batch. `RowSampler` draws each row's
+token itself (its temperature, its top_p, its own seeded generator) and leaves the drawn token as the only finite
+score; `generate` then runs greedy and takes it. Greedy rows pass through untouched, so they match `aim.generate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One request's generation settings; `temperature` 0 is greedy. `n` choices each get their own row."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    n: int = 1
+    stop: tuple[str, ...] = ()
+
+    def row_seeds(self) -> list[int]:
+        """A seed per choice: fixed by the request's seed (same seed, same answers), else fresh."""
+        if self.seed is None:
+            return [secrets.randbits(63) for _ in range(self.n)]
+        return [_derive(self.seed, i) for i in range(self.n)]
+
+
+@dataclass(frozen=True)
+class RowSampling:
+    temperature: float
+    top_p: float
+    seed: int
+
+
+def rows_of(generation: Generation) -> list[RowSampling]:
+    return [RowSampling(generation.temperature, generation.top_p, s) for s in generation.row_seeds()]
+
+
+class RowSampler(LogitsProcessor):
+    """Sample each row with its own settings and generator; run `generate` with `do_sample=False` around it."""
+
+    def __init__(self, rows: list[RowSampling]):
+        self.rows = rows
+        self._generators: list[torch.Generator | None] | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._generators is None:  # on the scores' device, seeded once per generation
+            self._generators = [
+                _generator(r.seed, scores.device) if r.temperature > 0 else None for r in self.rows
+            ]
+        for row, (setting, generator) in enumerate(zip(self.rows, self._generators)):
+            if generator is not None:
+                token = _draw(scores[row], setting, generator)
+                scores[row] = float("-inf")
+                scores[row, token] = 0.0
+        return scores
+
+
+def _draw(scores: torch.Tensor, setting: RowSampling, generator: torch.Generator) -> torch.Tensor:
+    """One token from softmax(scores / temperature), restricted to the smallest set holding top_p of the mass."""
+    probs = torch.softmax(scores.float() / setting.temperature, dim=-1)  # (vocab,)
+    if setting.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above each one
+        sorted_probs[before >= setting.top_p] = 0.0  # the top token always stays (before = 0)
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _derive(seed: int, choice: int) -> int:
+    """Independent seeds for the choices of one request (seed + i would repeat another request's choices)."""
+    digest = hashlib.sha256(f"{seed}/{choice}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
