@@ -34,8 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="aim", help="model name reported by /v1/models and in responses")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument(
-        "--queue-size", type=int, default=8, help="requests waiting for the model; more get 503"
+        "--queue-size", type=int, default=32, help="requests waiting for the model; more get 503"
     )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=8,
+        help="rows generated at once: waiting requests share one batch (a request asking n choices is n rows)",
+    )
+    parser.add_argument("--max-n", type=int, default=8, help="choices one chat request may ask for (n)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request, queueing included")
     parser.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024)
     parser.add_argument("--max-image-bytes", type=int, default=8 * 1024 * 1024)
@@ -65,9 +72,11 @@ def run(args: argparse.Namespace) -> int:
 
 def server_config(args: argparse.Namespace):
     from aim_icl.serve.app import ServerConfig
+    from aim_icl.serve.chat import DEFAULT_DEMO_TEMPLATE
     from aim_icl.serve.images import ImagePolicy
-    from aim_icl.serve.service import DEFAULT_DEMO_TEMPLATE
 
+    if min(args.queue_size, args.max_batch_size, args.max_n) < 1:
+        raise AIMError("--queue-size, --max-batch-size and --max-n must be at least 1")
     if not _is_loopback(args.host) and not args.api_key:
         raise AIMError(f"--host {args.host} is not a loopback address: set --api-key (or AIM_ICL_API_KEY)")
     missing = [d for d in args.allow_dir if not Path(d).is_dir()]
@@ -82,6 +91,8 @@ def server_config(args: argparse.Namespace):
     return ServerConfig(
         api_key=args.api_key,
         queue_size=args.queue_size,
+        max_batch_size=args.max_batch_size,
+        max_n=args.max_n,
         timeout_s=args.timeout,
         max_body_bytes=args.max_body_bytes,
         max_demos=args.max_demos,
