@@ -13,15 +13,13 @@ from conftest import RESULT_ROW_FIELDS
 from test_eval_formats import write_hateful_memes
 
 from aim_icl.cli import main
-from aim_icl.testing.tiny import build_tiny
+from aim_icl.eval.metrics import roc_auc
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def saved(tmp_path_factory, saved_llava):
     root = tmp_path_factory.mktemp("eval_cli")
-    model, processor = build_tiny("llava")
-    model.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
+    (root / "model").symlink_to(saved_llava.model, target_is_directory=True)  # the session's tiny LLaVA
     write_hateful_memes(root / "hm", n_train=6, n_dev=4)
     return root
 
@@ -50,8 +48,18 @@ def test_eval_writes_results_table_and_plots(single_run, capsys):
     assert all(set(r) >= RESULT_ROW_FIELDS for r in rows)
     assert {(r["mode"], r["shots"]) for r in rows} == {("zero", 0), ("aim", 2)}
     assert {r["metric"] for r in rows} == {"roc_auc", "likelihood_accuracy", "exact_match"}
-    auc = [r for r in rows if r["metric"] == "roc_auc"]
-    assert all(0.0 <= r["value"] <= 1.0 for r in auc)  # 2 yes / 2 no queries: ROC-AUC is defined
+    # ROC-AUC of each trial's score margins (yes - no) against the dev labels (ids 200-203: no, yes, no, yes)
+    records = [json.loads(line) for line in (single_run / "predictions.jsonl").read_text().splitlines()]
+    labels = {"200": 0, "201": 1, "202": 0, "203": 1}
+    for row in (r for r in rows if r["metric"] == "roc_auc"):
+        per_trial = {}
+        for rec in records:
+            if (rec["mode"], rec["shots"]) == (row["mode"], row["shots"]):
+                per_trial.setdefault(rec["trial"], []).append(
+                    (labels[rec["id"]], rec["scores"][0] - rec["scores"][1])
+                )
+        aucs = [roc_auc(*zip(*pairs)) for pairs in per_trial.values()]
+        assert row["value"] == pytest.approx(sum(aucs) / len(aucs)) and row["trials"] == len(aucs)
     table = (single_run / "results.md").read_text()
     assert (
         table.startswith("| task | mode | shots | metric |")

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from aim_icl import AIMError
-from aim_icl.eval.task import DataPaths, Item, Task, get_task
+from aim_icl.eval.items import DataPaths, Item
+from aim_icl.eval.task import Task
+from aim_icl.eval.tasks import get_task
 from aim_icl.testing.tiny import tiny_image
 
 # ---------------------------------------------------------------------------------------------- fixture writers
@@ -150,7 +152,7 @@ def test_vizwiz_keeps_unanswerable(tmp_path):
     task = load("vizwiz", tmp_path)
     assert task.test[0].answers == ("unanswerable",) * 10
     assert task.test[0].id == "VizWiz_val_00000000.jpg"
-    assert task.test[2].load_image() is not None
+    assert task.test[2].load_image().size == tiny_image(2).size  # val image 2 (JPEG: pixels change)
 
 
 def test_hateful_memes_labels_become_yes_no(tmp_path):
@@ -255,4 +257,5 @@ def test_file_override_and_image_root(tmp_path):
     with pytest.raises(AIMError, match="image not found"):
         get_task("hateful_memes").loaded(DataPaths(tmp_path / "data", None, files))
     task = get_task("hateful_memes").loaded(DataPaths(tmp_path / "data", tmp_path / "pictures", files))
-    assert len(task.test) == 6 and task.test[0].load_image() is not None
+    assert len(task.test) == 6
+    assert task.test[0].load_image().tobytes() == tiny_image(200).tobytes()  # dev meme 200, a PNG

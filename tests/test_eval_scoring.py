@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from aim_icl.eval.aggregate import rows_from_records
+from aim_icl.eval.items import Item
 from aim_icl.eval.memory import PeakMemory
 from aim_icl.eval.metrics import cider
 from aim_icl.eval.report import markdown_table, write_report
 from aim_icl.eval.runner import plan_cells
 from aim_icl.eval.scoring import cell_scores
 from aim_icl.eval.selection import draw_pool, random_selection
-from aim_icl.eval.task import Item, Task
+from aim_icl.eval.task import Task
 from aim_icl.eval.tasks import caption, vqa_answer
 
 

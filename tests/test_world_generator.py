@@ -13,7 +13,7 @@ from aim_icl.cli import main
 from aim_icl.world import corpora, formats
 from aim_icl.world.names import ALL_NAMES, EVAL_NAMES, TRAIN_NAMES
 from aim_icl.world.scene import ATTRIBUTES, IMAGE_SIZE, sample_scene
-from aim_icl.world.tasks import TASKS
+from aim_icl.world.tasks import WORLD_TASKS
 from aim_icl.world.tokenizer import build_tokenizer
 from aim_icl.world.vocab import IMAGE
 
@@ -46,11 +46,11 @@ def test_corpora_are_determined_by_their_seed(corpus):
     assert first != other
 
 
-@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("task", list(WORLD_TASKS))
 def test_tasks_are_determined_by_their_seed(task):
-    items = TASKS[task](5, 10, 8).test
-    assert contents(items) == contents(TASKS[task](5, 10, 8).test)
-    assert contents(items) != contents(TASKS[task](6, 10, 8).test)
+    items = WORLD_TASKS[task](5, 10, 8).test
+    assert contents(items) == contents(WORLD_TASKS[task](5, 10, 8).test)
+    assert contents(items) != contents(WORLD_TASKS[task](6, 10, 8).test)
     assert all(len(i.support) == 8 and i.answers[0] in i.candidates for i in items)
     assert len({demo.id for i in items for demo in i.support}) == 80  # unique: each demo is read once per run
 
@@ -78,7 +78,7 @@ def test_no_training_corpus_contains_an_evaluation_name():
 def test_every_word_of_every_corpus_and_task_is_a_known_token_and_names_are_two():
     tok = build_tokenizer()
     texts = list(training_texts(100))
-    for build in TASKS.values():
+    for build in WORLD_TASKS.values():
         task = build(0, 20, 8)
         for item in task.test:
             texts += [task.query_text(item), *item.answers, *item.candidates]
@@ -91,7 +91,7 @@ def test_every_word_of_every_corpus_and_task_is_a_known_token_and_names_are_two(
 
 
 def test_fast_binding_demos_name_each_object_only_through_its_image():
-    task = TASKS["fast_binding"](0, 50, 8)
+    task = WORLD_TASKS["fast_binding"](0, 50, 8)
     for item in task.test:
         texts = {task.demo(demo).text for demo in item.support}
         assert texts == {f"{formats.NAME_QUERY} {name}" for name in item.candidates}  # no colour or shape

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from aim_icl.core.aim import AIM, forwarding_inputs_embeds
+from aim_icl.core.demo import Query
 from aim_icl.errors import AIMError
 
 # The fill of each per-token key in padded positions (others: 0); `input_ids` takes the encoder's pad id.
@@ -81,8 +82,8 @@ def generate_batch(aim: AIM, inputs_list: Sequence[dict[str, torch.Tensor]], **g
 
 def candidate_inputs(aim: AIM, image, text: str, candidates: Sequence[str], demos, mode: str) -> dict:
     """One query's scoring inputs: a row per candidate answer appended to the prompt (no EOS), labels on it."""
-    demos = list(demos)
-    return aim.build_batch([(image, text, demos, c) for c in candidates], mode=mode, eos=False)
+    demos = aim.fuse(list(demos)) if mode == "aim" else list(demos)  # fused once for every candidate's row
+    return aim.build_batch([Query(image, text, demos, c) for c in candidates], mode=mode, eos=False)
 
 
 @torch.no_grad()

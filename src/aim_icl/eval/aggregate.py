@@ -4,11 +4,11 @@ Row fields (other tools read them; keep the names): `task`, `mode`, `shots`, `me
 `std` (population std over trials, as OpenFlamingo reports), `trials`, `values` (per trial), `prompt_tokens` (mean
 prompt length of the generation prompt), `peak_memory_mb` (largest over the row's cells and processes; see
 `memory.py` for what it measures), `memory` (what kind of peak), `latency_ms` (mean model time per query: prompt
-building, generation and candidate scoring; demo reading excluded), `demo_read_s` (time spent reading new demos
-through the backbone, `aim` mode), `throughput_qps` (queries per second of wall time, demo reading and image
-loading included, summed over processes), `queries`, `selection`, `seeds`, and `fits`: False when the mode's prompt
-did not fit the model's context at this shot count (nothing was generated; value, std and costs are NaN).
-"""
+building, generation and candidate scoring, a batch's time shared equally by its queries; demo reading excluded),
+`demo_read_s` (time spent reading new demos through the backbone, `aim` mode), `throughput_qps` (queries per second
+of wall time, demo reading and image loading included, summed over processes), `queries`, `selection`, `seeds`, and
+`fits`: False when the mode's prompt did not fit the model's context at this shot count (nothing was generated;
+value, std and costs are NaN)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from aim_icl.eval.items import Item
 from aim_icl.eval.scoring import cell_scores
-from aim_icl.eval.task import Item, Task
+from aim_icl.eval.task import Task
 
 logger = logging.getLogger(__name__)
 

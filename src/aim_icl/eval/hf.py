@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aim_icl.errors import AIMError
-from aim_icl.eval.task import Item
+from aim_icl.eval.items import Item
 
 IMAGE_COLUMNS = ("image", "img")
 ID_COLUMNS = ("question_id", "id", "image_id", "cocoid", "imgid")

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from aim_icl.errors import AIMError
-from aim_icl.eval.task import DataPaths, Item, read_json
+from aim_icl.eval.items import DataPaths, Item, read_json
 
 
 def karpathy_captions(paths: DataPaths, split: str, default_file: str = "dataset_coco.json") -> list[Item]:

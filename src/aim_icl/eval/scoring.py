@@ -12,8 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from aim_icl.eval.items import Item
 from aim_icl.eval.metrics import cider, exact_match, roc_auc, vqa_accuracy
-from aim_icl.eval.task import Item, Task
+from aim_icl.eval.task import Task
 from aim_icl.registry import Registry
 
 logger = logging.getLogger(__name__)

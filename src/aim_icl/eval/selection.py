@@ -1,25 +1,30 @@
-"""Which pool demos each query gets: the fixed demo pool, and pluggable selectors (`random`, `similarity`,
-`support`: each query's own demonstrations).
+"""Which pool demos each query gets: the fixed demo pool, and the pluggable selections of `run_eval`
+(`SELECTIONS`: `random`, `similarity`, `support`: each query's own demonstrations).
 
-A selector is a pure function of (query, k, seed): a query's demos never depend on which process evaluates it or
-on what ran before, so a sharded or resumed run selects exactly what a single uninterrupted run selects. Selections
-are nested: a query's k demos are the first k of its k + m demos under the same seed.
+A selection builds, for one pool, a `QuerySelector`: a pure function of (query, k, seed), so a query's demos never
+depend on which process evaluates it or on what ran before, and a sharded or resumed run selects exactly what a
+single uninterrupted run selects. Selections are nested: a query's k demos are among its k + m demos under the same
+seed (`random`, `support`: the first k; `similarity`: the k most similar, which come last, next to the query).
+How the bank ranks its demos for `similarity` is `aim_icl.bank.select.SELECTORS`.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from aim_icl.errors import AIMError
-from aim_icl.eval.demos import PoolBank
-from aim_icl.eval.task import Item
+from aim_icl.eval.items import Item
 from aim_icl.registry import Registry
 
-Selector = Callable[[Item, int, int], list[int]]  # (query, k, seed) -> indices into the pool
-SELECTORS: Registry[Callable[..., Selector]] = Registry("demo selection")
+if TYPE_CHECKING:  # a selection runs no model: importing it stays free of torch
+    from aim_icl.eval.demos import PoolBank
+
+QuerySelector = Callable[[Item, int, int], list[int]]  # (query, k, seed) -> indices into the pool
+SELECTIONS: Registry[Callable[..., QuerySelector]] = Registry("demo selection")
 
 
 def draw_pool(train: list[Item], size: int, seed: int) -> list[Item]:
@@ -36,8 +41,8 @@ def stable_hash(text: str) -> int:
     return zlib.crc32(text.encode("utf-8"))
 
 
-@SELECTORS.register("random")
-def random_selection(pool: list[Item], **_) -> Selector:
+@SELECTIONS.register("random")
+def random_selection(pool: list[Item], **_) -> QuerySelector:
     """Uniform demos from the pool, seeded per (trial seed, query id), never the query itself."""
 
     def select(query: Item, k: int, seed: int) -> list[int]:
@@ -50,8 +55,8 @@ def random_selection(pool: list[Item], **_) -> Selector:
     return select
 
 
-@SELECTORS.register("similarity")
-def similarity_selection(pool: list[Item], bank: PoolBank | None = None, **_) -> Selector:
+@SELECTIONS.register("similarity")
+def similarity_selection(pool: list[Item], bank: PoolBank | None = None, **_) -> QuerySelector:
     """The pool demos whose images are nearest the query's (the bank's `similarity`), most similar last.
 
     Deterministic: every trial gets the same demos.
@@ -87,8 +92,8 @@ def support_pool(queries: list[Item], max_shots: int) -> list[Item]:
     return pool
 
 
-@SELECTORS.register("support")
-def support_selection(pool: list[Item], **_) -> Selector:
+@SELECTIONS.register("support")
+def support_selection(pool: list[Item], **_) -> QuerySelector:
     """The query's own demonstrations, the first k in their given order (every trial the same)."""
     index = {item.id: i for i, item in enumerate(pool)}
 

@@ -1,80 +1,24 @@
 """A task is data plus named Python hooks: a loader, prompt templates, metrics and answer post-processing.
 
-Built-in tasks live in `aim_icl.eval.tasks`; a new one is one `TASKS.register(name, Task(...))` call in a short
-file. A `Task` can also hold in-memory items (`Task(..., train=[...], test=[...])`), with no loader at all.
+The task registry and the built-in tasks live in `aim_icl.eval.tasks`; a new one is one
+`TASKS.register(name, Task(...))` call in a short file. A `Task` can also hold in-memory items
+(`Task(..., train=[...], test=[...])`), with no loader at all.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from PIL import Image
-
-from aim_icl.core.demo import Demo, load_image
+from aim_icl.core.demo import Demo
 from aim_icl.errors import AIMError
-from aim_icl.registry import Registry
+from aim_icl.eval.hf import is_hf_dataset, load_hf_split
+from aim_icl.eval.items import DataPaths, Item, Loader
 
-
-@dataclass
-class Item:
-    """One example: its image, the fields its prompt template reads, and its reference answers."""
-
-    id: str
-    image: Any  # path, PIL image, bytes, or a zero-argument callable returning one (lazily read rows)
-    fields: Mapping[str, str] = field(default_factory=dict)  # e.g. {"question": "what colour is it?"}
-    answers: tuple[str, ...] = ()  # human answers, reference captions, or the one label
-    support: tuple[Item, ...] = ()  # the query's own demonstrations, in order (selection "support")
-    candidates: tuple[str, ...] = ()  # the query's own closed answer set (overrides the task's)
-
-    def load_image(self) -> Image.Image | None:
-        image = self.image() if callable(self.image) else self.image
-        return None if image is None else load_image(image)
-
-    @property
-    def demo_answer(self) -> str:
-        """The answer a demonstration shows: the most common reference (the first among equals)."""
-        if not self.answers:
-            raise AIMError(f"item {self.id!r} has no answer, so it cannot serve as a demonstration")
-        counts = Counter(self.answers)
-        return max(self.answers, key=lambda a: counts[a])  # max keeps the first of equal counts
-
-
-@dataclass
-class DataPaths:
-    """Where a task's files are: a data directory, an image root (default: the data directory), file overrides.
-
-    `files` maps a loader's file names (e.g. `val_questions`) to paths, absolute or relative to `data_dir`.
-    """
-
-    data_dir: Path | None = None
-    image_root: Path | None = None
-    files: Mapping[str, str] = field(default_factory=dict)
-
-    def file(self, name: str, *defaults: str) -> Path:
-        """The file called `name`: the override if given, else the first default that exists."""
-        base = Path(self.data_dir or ".")
-        candidates = [self.files[name]] if name in self.files else list(defaults)
-        paths = [base / c for c in candidates]
-        for path in paths:
-            if path.is_file():
-                return path
-        tried = ", ".join(str(p) for p in paths)
-        raise AIMError(f"{name} file not found (tried {tried}); pass --data-dir or --file {name}=PATH")
-
-    def images(self, *fallbacks: Path) -> list[Path]:
-        """Directories to look for relative image paths in: the image root if given, else the fallbacks."""
-        if self.image_root is not None:
-            return [Path(self.image_root)]
-        return list(fallbacks) or [Path(self.data_dir or ".")]
-
-
-Loader = Callable[[DataPaths, str], list[Item]]
+__all__ = ["DataPaths", "Item", "Loader", "Task", "check_items", "first_line"]
 
 
 def first_line(text: str) -> str:
@@ -129,7 +73,6 @@ class Task:
 
     def loaded(self, paths: DataPaths, eval_split: str | None = None) -> Task:
         """A copy holding the train split (the demo pool's source) and the evaluation split."""
-        from aim_icl.eval.hf import is_hf_dataset, load_hf_split
 
         def read(split: str) -> list[Item]:
             if is_hf_dataset(paths.data_dir):
@@ -174,26 +117,3 @@ def _format(template: str, fields: Mapping[str, str], item_id: str, item: Item |
         return template.format(**values)
     except KeyError as err:
         raise AIMError(f"template {template!r} needs field {err} but item {item_id!r} has none") from None
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise AIMError(f"{path} is not valid JSON ({err}); is the download complete?") from None
-
-
-TASKS: Registry[Task] = Registry("task")
-
-
-def get_task(name: str) -> Task:
-    """A registered task, built-in or added by the user's own `TASKS.register`."""
-    import aim_icl.eval.tasks  # noqa: F401  (registers the built-in tasks)
-
-    return TASKS.get(name)
-
-
-def task_names() -> list[str]:
-    import aim_icl.eval.tasks  # noqa: F401
-
-    return TASKS.names()

@@ -1,4 +1,5 @@
-"""The built-in benchmarks. A new task is one `TASKS.register(name, Task(...))` like these, in any module."""
+"""The task registry and the built-in benchmarks. A new task is one `TASKS.register(name, Task(...))` like these,
+in any module."""
 
 from __future__ import annotations
 
@@ -7,7 +8,20 @@ import re
 
 from aim_icl.eval import loaders
 from aim_icl.eval.metrics import normalize_vqa_answer
-from aim_icl.eval.task import TASKS, Task, first_line
+from aim_icl.eval.task import Task, first_line
+from aim_icl.registry import Registry
+
+TASKS: Registry[Task] = Registry("task")
+
+
+def get_task(name: str) -> Task:
+    """A registered task, built-in or added by the user's own `TASKS.register`."""
+    return TASKS.get(name)
+
+
+def task_names() -> list[str]:
+    return TASKS.names()
+
 
 _VQA_ECHO = re.compile(r"(Question|Short answer|Answer)\s*:")
 

@@ -83,7 +83,9 @@ def _task(name: str, query: str, metrics: tuple[str, ...], items: list[Item], ma
     return task.with_items([], items)
 
 
-TASKS: dict[str, Callable[..., Task]] = {
+# task name -> builder `(seed, n_items, max_shots) -> Task` with its items drawn; not the harness's registry of
+# loadable benchmarks (`aim_icl.eval.TASKS`), since a world task has no files to load but a seed to draw from
+WORLD_TASKS: dict[str, Callable[..., Task]] = {
     "fast_binding": fast_binding,
     "fast_binding_4way": lambda seed, n_items=200, max_shots=8: fast_binding(seed, n_items, max_shots, 4),
     "caption_style": caption_style,

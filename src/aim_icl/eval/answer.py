@@ -1,0 +1,112 @@
+"""Answer a batch of queries of one cell: generate, and for closed answer sets score every candidate.
+
+Each query's prompt is built alone (its own demos), then the batch goes through the model at once
+(`aim_icl.core.batching`): greedy answers and scores equal one-by-one answering. The model time of a batch is
+shared equally by its queries (`latency_ms`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from aim_icl.core.aim import AIM
+from aim_icl.core.batching import candidate_inputs, generate_batch, score_batch
+from aim_icl.eval.items import Item
+from aim_icl.eval.memory import synchronize
+from aim_icl.eval.scoring import needs_scores
+from aim_icl.eval.task import Task
+
+logger = logging.getLogger(__name__)
+
+SCORE_BATCH = 8  # scoring rows (one per candidate answer) per forward pass, at least
+CPU_BATCH = (
+    16  # queries per batch on a CPU: on 2 cores the per-query time stops falling near here (world model)
+)
+ACCELERATOR_BATCH = 64  # first try on an accelerator; halved on out-of-memory until a batch fits
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Queries per batch when the caller gives none: `CPU_BATCH` on a CPU, `ACCELERATOR_BATCH` elsewhere.
+
+    On an accelerator the batch should fill the device: the runner starts at `ACCELERATOR_BATCH` and halves the
+    batch whenever it runs out of memory, keeping the largest size that fits for the rest of the run.
+    """
+    return CPU_BATCH if device.type == "cpu" else ACCELERATOR_BATCH
+
+
+def answer_batch(
+    aim: AIM, task: Task, asked: list[tuple[Item, list]], mode: str, max_new_tokens: int
+) -> list[dict]:
+    """One record per `(item, demos)` in `asked`, in order; prompts past the model's context are not run."""
+    synchronize(aim.backbone.device)
+    start = time.perf_counter()
+    built = [_build(aim, task, item, demos, mode) for item, demos in asked]
+    records: list[dict] = [
+        {"id": b["item"].id, "fits": False, "prompt_tokens": b["prompt_tokens"]} for b in built
+    ]
+    run = [i for i, b in enumerate(built) if fits_context(aim.model, b["prompt_tokens"] + max_new_tokens)]
+    if run:
+        generated = generate_batch(aim, [built[i]["inputs"] for i in run], max_new_tokens=max_new_tokens)
+        scores = (
+            _scores(aim, task, [built[i] for i in run], mode) if needs_scores(task) else [None] * len(run)
+        )
+        for i, answer, score in zip(run, generated, scores):
+            records[i] = _record(task, built[i], answer, score)
+    synchronize(aim.backbone.device)
+    share = (time.perf_counter() - start) * 1000 / len(asked)
+    return [r if r.get("fits") is False else {**r, "latency_ms": share} for r in records]
+
+
+def fits_context(model, length: int) -> bool:
+    """Whether `length` positions fit the model's context (`max_position_embeddings` of its language model).
+
+    A prompt past it is not run: its answer would say nothing about the mode, so the row reports it as not
+    fitting, as a real deployment would refuse it."""
+    config = model.config
+    context = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+    return context is None or length <= context
+
+
+def _build(aim: AIM, task: Task, item: Item, demos: list, mode: str) -> dict:
+    image, text = item.load_image(), task.query_text(item)
+    if mode == "aim":  # fused once, for the generation prompt and every candidate's scoring row
+        demos = aim.fuse(demos)
+    inputs = aim.build_inputs(image, text, demos, mode)
+    prompt_tokens = int(inputs["input_ids"].shape[1])
+    return {
+        "item": item,
+        "image": image,
+        "text": text,
+        "demos": demos,
+        "inputs": inputs,
+        "prompt_tokens": prompt_tokens,
+    }
+
+
+def _scores(aim: AIM, task: Task, run: list[dict], mode: str) -> list[list[float]]:
+    """Every query's candidates scored, `SCORE_BATCH` candidates per prompt copy and at least that many rows (or
+    the batch's queries) per forward."""
+    inputs, owners = [], []
+    for row, b in enumerate(run):
+        candidates = task.candidates_for(b["item"])
+        for i in range(0, len(candidates), SCORE_BATCH):
+            chunk = candidates[i : i + SCORE_BATCH]
+            inputs.append(candidate_inputs(aim, b["image"], b["text"], chunk, b["demos"], mode))
+            owners.append(row)
+    scores: list[list[float]] = [[] for _ in run]
+    for row, chunk in zip(owners, score_batch(aim, inputs, max_rows=max(SCORE_BATCH, len(run)))):
+        scores[row] += chunk.tolist()
+    return scores
+
+
+def _record(task: Task, built: dict, generated: str, scores: list[float] | None) -> dict:
+    return {
+        "id": built["item"].id,
+        "generated": generated,
+        "prediction": task.postprocess(generated),
+        "scores": scores,
+        "prompt_tokens": built["prompt_tokens"],
+    }

@@ -1,0 +1,132 @@
+"""Batched generation and scoring equal one query at a time, over families with different image inputs and positions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_demos, tiny_aim
+
+from aim_icl import AIMError
+from aim_icl.core.batching import candidate_inputs, collate, generate_batch, score_batch
+from aim_icl.testing.tiny import tiny_image
+
+# LLaVA (one image tensor per image), Qwen2-VL (flat patches, M-RoPE), SmolVLM (padded image stacks per row),
+# Gemma 3 (token types, bidirectional image attention), PaliGemma (1-indexed positions, prefix-LM mask)
+BATCH_FAMILIES = ("llava", "qwen2_vl", "smolvlm", "gemma3", "paligemma")
+MODES = ("zero", "text", "icl", "aim")
+
+
+def queries(mode: str, n: int = 3) -> list[tuple]:
+    """Queries whose prompts differ in length (text, image size, demo count), so rows need padding."""
+    return [
+        (
+            tiny_image(20 + i, (48 - 8 * i, 32 + 8 * i)),
+            "what is it?" + " big" * i,
+            [] if mode == "zero" else make_demos(1 + i, seed=i),
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("family", BATCH_FAMILIES)
+@pytest.mark.parametrize("mode", MODES)
+def test_batched_generation_equals_one_by_one(family, mode):
+    aim = tiny_aim(family)
+    inputs = [aim.build_inputs(image, text, demos, mode) for image, text, demos in queries(mode)]
+    one_by_one = [aim.generate_from(x, max_new_tokens=6) for x in inputs]
+    assert generate_batch(aim, inputs, max_new_tokens=6) == one_by_one
+
+
+@pytest.mark.parametrize("family", BATCH_FAMILIES)
+@pytest.mark.parametrize("mode", MODES)
+def test_batched_scores_equal_one_by_one(family, mode):
+    aim = tiny_aim(family)
+    candidates = ["yes", "no", "red cat"]
+    asked = queries(mode)
+    alone = [aim.score(image, text, candidates, demos, mode) for image, text, demos in asked]
+    inputs = [candidate_inputs(aim, image, text, candidates, demos, mode) for image, text, demos in asked]
+    # one forward of all rows sums in another order than per-query forwards: float32 rounding only
+    for max_rows in (None, 4):
+        batched = score_batch(aim, inputs, max_rows=max_rows)
+        assert len(batched) == len(asked)
+        for a, b in zip(alone, batched):
+            torch.testing.assert_close(b, a.cpu(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", ("llava", "qwen2_vl", "gemma3"))
+def test_left_padded_rows_match_their_unpadded_logits(family):
+    """Next-token logits of a left-padded row match the row alone; attending to the padding would change them."""
+    aim = tiny_aim(family)
+    inputs = [aim.build_inputs(image, text, demos, "aim") for image, text, demos in queries("aim")]
+    alone = torch.cat([aim.forward(x).logits[:, -1] for x in inputs])  # (B, vocab)
+    batch = collate(aim, inputs, padding_side="left", positions=True)
+    # masked attention over padded rows sums in another order: float32 rounding only
+    torch.testing.assert_close(aim.forward(batch).logits[:, -1], alone, atol=1e-4, rtol=1e-4)
+    unmasked = {**batch, "attention_mask": torch.ones_like(batch["attention_mask"])}
+    wrong = aim.forward(unmasked).logits[:, -1]
+    assert (wrong[:-1] - alone[:-1]).abs().max() > 1e-3  # the longest (last) row has no padding
+
+
+def test_collate_pads_each_family_input_as_its_processor_does():
+    aim = tiny_aim("smolvlm")
+    # image splitting gives these two images 3 and 5 sub-images: rows differ in image count and prompt length
+    few, many = (aim.build_inputs(tiny_image(i, size), "what?") for i, size in ((0, (32, 64)), (1, (48, 32))))
+    batch = collate(aim, [few, many])
+    lengths = [x["input_ids"].shape[1] for x in (few, many)]
+    width = max(lengths)
+    assert batch["input_ids"].shape == (2, width)
+    for row, n in enumerate(lengths):  # left padding: the real tokens end every row
+        assert batch["attention_mask"][row].tolist() == [0] * (width - n) + [1] * n
+        assert (batch["input_ids"][row, : width - n] == aim.encoder.pad_id).all()
+    # the shorter image stack is padded with all-zero images, as the processor pads a batch
+    n_few, n_many = few["pixel_values"].shape[1], many["pixel_values"].shape[1]
+    assert n_few < n_many
+    assert batch["pixel_values"].shape[:2] == (2, n_many)
+    assert batch["pixel_values"][0, n_few:].abs().sum() == 0
+    torch.testing.assert_close(batch["pixel_values"][0, :n_few], few["pixel_values"][0])
+    torch.testing.assert_close(batch["pixel_values"][1], many["pixel_values"][0])
+
+
+def test_a_batch_may_mix_fused_and_plain_queries():
+    aim = tiny_aim("llava")
+    (image, text, demos), *_ = queries("aim")
+    inputs = [aim.build_inputs(image, text, demos, "aim"), aim.build_inputs(image, text)]
+    assert "inputs_embeds" not in inputs[1]
+    expected = [aim.generate_from(x, max_new_tokens=6) for x in inputs]
+    assert generate_batch(aim, inputs, max_new_tokens=6) == expected
+
+
+def test_several_answers_per_query_follow_each_other():
+    aim = tiny_aim("llava")
+    inputs = [aim.build_inputs(image, text, demos, "text") for image, text, demos in queries("text", n=2)]
+    greedy = [aim.generate_from(x, max_new_tokens=4) for x in inputs]
+    answers = generate_batch(aim, inputs, max_new_tokens=4, num_beams=2, num_return_sequences=2)
+    assert len(answers) == 4
+    # beam search's best beam is not always greedy's answer, so compare beams with beams
+    for i, x in enumerate(inputs):
+        assert answers[2 * i : 2 * i + 2] == generate_batch(
+            aim, [x], max_new_tokens=4, num_beams=2, num_return_sequences=2
+        )
+    assert greedy == generate_batch(aim, inputs, max_new_tokens=4)
+
+
+def test_generation_stops_at_end_of_sequence_per_row():
+    """A row that ends early gets pad tokens after its EOS in the batch; they must not reach its answer."""
+    aim = tiny_aim("llava")
+    inputs = [aim.build_inputs(image, text, demos, "text") for image, text, demos in queries("text")]
+    pad = aim.encoder.pad_id
+    first = aim.model.generate(**inputs[0], max_new_tokens=1, do_sample=False, pad_token_id=pad)[0, -1]
+    # make row 0's first answer token an end-of-sequence token: row 0 stops at once, the others go on
+    stopped = generate_batch(aim, inputs, max_new_tokens=6, eos_token_id=int(first))
+    assert stopped == [aim.generate_from(x, max_new_tokens=6, eos_token_id=int(first)) for x in inputs]
+    # row 0 ends with that (ordinary, so printed) token; the others run on past it
+    assert stopped[0] == aim.encoder.tokenizer.decode([first]).strip()
+    assert all(len(answer) > len(stopped[0]) for answer in stopped[1:])
+
+
+def test_queries_of_one_batch_need_the_same_inputs():
+    aim = tiny_aim("llava")
+    with pytest.raises(AIMError, match="same inputs"):
+        collate(aim, [aim.build_inputs(tiny_image(0), "what?"), aim.build_inputs(None, "what?")])
+    with pytest.raises(AIMError, match="at least one"):
+        generate_batch(aim, [])
