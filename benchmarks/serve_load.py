@@ -1,103 +1,139 @@
-"""Bounded load test of `aim-icl serve` on 127.0.0.1: N concurrent clients for a fixed time.
+"""Load test of `aim-icl serve` on 127.0.0.1: answers/s and latency by concurrency, for each max batch size.
 
-Reports throughput, p50/p99 latency, the share of 503s (queue full), 5xx count and the server's memory (RSS) after
-warm-up and at the end. Without --model a tiny LLaVA is saved to a temporary directory and served.
+For every `--batch-sizes` value one server is started (default: the embedded world model, no download) and warmed
+up; then each concurrency level (1, 4, 16 and 32 clients) drives each server in turn, so the runs compared sit
+next to each other in time on a noisy machine. Each client sends the same few-shot chat (world scenes,
+`--shots` demos) in a bounded loop: `--requests` requests or `--seconds`, whichever ends first. The table gives
+answers/s, p50/p99 latency, 503s (queue full) and other 5xx; the last lines compare max batch sizes at the same
+concurrency, and the server's memory (RSS, its processes together) after warm-up and at the end.
 
-Usage: python benchmarks/serve_load.py [--clients 8] [--seconds 20] [--shots 2] [--queue-size 4] [--model DIR]
+The clients run in this process and share the machine with the server: on a 2-core machine they take part of
+the CPU the server would use, so absolute rates are lower than a remote client would see; the ratios between
+batch sizes, measured in one run, are what to compare.
+
+Usage: python benchmarks/serve_load.py [--batch-sizes 1 16] [--clients 1 4 16 32] [--requests 20] [--seconds 30]
+       [--shots 2] [--max-tokens 8] [--model DIR [--projector DIR]]
+       [--replicas N]   (N Ray Serve replicas of one CPU each, with one --batch-sizes value; default: the
+                         single-process server)
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import os
+import random
 import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import psutil
 
+QUESTION_PART = {"type": "text", "text": "caption :"}  # the world's caption prompt
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="--max-batch-size values")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32], help="concurrency levels")
+    parser.add_argument("--requests", type=int, default=20, help="requests per client (bounded loop)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="time limit per concurrency level")
     parser.add_argument("--shots", type=int, default=2)
-    parser.add_argument("--queue-size", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=4)
-    parser.add_argument("--model", help="model directory (default: a tiny LLaVA)")
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--model", help="model directory (default: the embedded world model)")
+    parser.add_argument("--projector", help="projector directory for --model")
+    parser.add_argument("--replicas", type=int, help="serve on Ray Serve with N replicas (1 CPU each)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or save_tiny(Path(tmp))
-        port = free_port()
-        server = start_server(model, port, args.queue_size)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_healthy(url, server)
-            body = {"messages": few_shot(args.shots), "max_tokens": args.max_tokens}
-            for _ in range(3):  # warm-up: first reads fill the bank, first calls allocate
-                httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).raise_for_status()
-            rss_before = rss_mb(server.pid)
-            results = run_clients(url, body, args.clients, args.seconds)
-            rss_after = rss_mb(server.pid)
-        finally:
-            server.terminate()
-            server.wait(30)
-    print(report(results, args, rss_before, rss_after))
+    if args.replicas and len(args.batch_sizes) > 1:
+        parser.error("with --replicas give one --batch-sizes value (one Ray cluster at a time)")
+    body = {"messages": few_shot(args.shots), "max_tokens": args.max_tokens}
+    servers = {}  # max batch size -> (process, url); all up at once, so the compared runs sit side by side in time
+    try:
+        for batch_size in args.batch_sizes:
+            port = free_port()
+            servers[batch_size] = (
+                start_server(args, port, batch_size, max(args.clients) + 1),
+                f"http://127.0.0.1:{port}",
+            )
+        memory = {b: warm_up(process, url, body) for b, (process, url) in servers.items()}
+        rows = []
+        for clients in args.clients:
+            for batch_size, (_, url) in servers.items():
+                before = batch_counts(url)
+                results, seconds = run_clients(url, body, clients, args.requests, args.seconds)
+                batches, batch_rows = (a - b for a, b in zip(batch_counts(url), before))
+                rows.append((batch_size, clients, results, seconds, batch_rows / max(batches, 1)))
+        memory = {b: (memory[b], rss_mb(process.pid)) for b, (process, _) in servers.items()}
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+        for process, _ in servers.values():
+            process.wait(120)  # a Ray cluster takes a while to stop
+    print(report(rows, memory, args))
 
 
-def save_tiny(directory: Path) -> str:
-    from aim_icl.testing.tiny import build_tiny
-
-    model, processor = build_tiny("llava")
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return str(directory)
+def warm_up(server: subprocess.Popen, url: str, body: dict) -> float:
+    """Wait for the server, send a few requests (first reads fill the bank, first calls allocate); its RSS then."""
+    wait_healthy(url, server)
+    for _ in range(3):
+        httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).raise_for_status()
+    return rss_mb(server.pid)
 
 
 def few_shot(shots: int) -> list[dict]:
-    from aim_icl.testing.tiny import tiny_image
+    """`shots` world scenes captioned in one style as example turns, then a new scene to caption."""
+    from aim_icl.world.corpora import styled_caption
+    from aim_icl.world.formats import CAPTION_STYLES
+    from aim_icl.world.scene import sample_scene
 
-    def part(seed: int) -> dict:
+    rng = random.Random(0)
+    style = next(iter(CAPTION_STYLES.values()))
+
+    def turn(scene) -> dict:
         buffer = io.BytesIO()
-        tiny_image(seed).save(buffer, format="PNG")
+        scene.render().save(buffer, format="PNG")
         url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-        return {"type": "image_url", "image_url": {"url": url}}
+        return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, QUESTION_PART]}
 
     messages = []
-    for i in range(shots):
-        messages += [
-            {"role": "user", "content": [part(i), {"type": "text", "text": "what is it?"}]},
-            {"role": "assistant", "content": f"object {i}"},
-        ]
-    return [*messages, {"role": "user", "content": [part(99), {"type": "text", "text": "what is it?"}]}]
+    for _ in range(shots):
+        scene = sample_scene(rng)
+        messages += [turn(scene), {"role": "assistant", "content": styled_caption(style, scene)}]
+    return [*messages, turn(sample_scene(rng))]
 
 
-def start_server(model: str, port: int, queue_size: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "aim_icl.cli", "serve", "--model", model, "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--queue-size", str(queue_size)]
+def start_server(args, port: int, batch_size: int, queue_size: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "aim_icl.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--max-batch-size", str(batch_size), "--queue-size", str(queue_size)]
+    command += ["--model", args.model] if args.model else []
+    command += ["--projector", args.projector] if args.projector else []
+    command += ["--replicas", str(args.replicas), "--num-cpus", "1"] if args.replicas else []
     return subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def run_clients(url: str, body: dict, clients: int, seconds: float) -> list[tuple[int, float]]:
-    """(status, latency) of every request the clients sent before the time ran out."""
+def run_clients(
+    url: str, body: dict, clients: int, requests: int, seconds: float
+) -> tuple[list[tuple[int, float]], float]:
+    """(status, latency) of every request; and the wall time the clients took."""
     results: list[tuple[int, float]] = []
-    lock, end = threading.Lock(), time.monotonic() + seconds
+    lock = threading.Lock()
+    start = time.perf_counter()
+    end = time.monotonic() + seconds
 
     def client() -> None:
         with httpx.Client(base_url=url, timeout=120) as http:
-            while time.monotonic() < end:
-                start = time.perf_counter()
+            for _ in range(requests):
+                if time.monotonic() > end:
+                    return
+                sent = time.perf_counter()
                 status = http.post("/v1/chat/completions", json=body).status_code
                 with lock:
-                    results.append((status, time.perf_counter() - start))
+                    results.append((status, time.perf_counter() - sent))
                 if status == 503:
                     time.sleep(
                         0.05
@@ -108,29 +144,66 @@ def run_clients(url: str, body: dict, clients: int, seconds: float) -> list[tupl
         thread.start()
     for thread in threads:
         thread.join()
-    return results
+    return results, time.perf_counter() - start
 
 
-def report(results, args, rss_before: float, rss_after: float) -> str:
-    ok = sorted(t for s, t in results if s == 200)
-    busy = sum(s == 503 for s, _ in results)
-    errors = sum(s >= 500 and s != 503 for s, _ in results)
-    p = (lambda q: ok[min(len(ok) - 1, int(q * len(ok)))] * 1000) if ok else (lambda q: float("nan"))
-    rows = [
-        ("clients / seconds / shots", f"{args.clients} / {args.seconds:g} / {args.shots}"),
-        ("requests (200 / 503 / other 5xx)", f"{len(ok)} / {busy} / {errors}"),
-        ("throughput (answers/s)", f"{len(ok) / args.seconds:.2f}"),
-        ("latency p50 / p99 (ms)", f"{p(0.5):.0f} / {p(0.99):.0f}"),
-        ("mean latency (ms)", f"{statistics.fmean(ok) * 1000:.0f}" if ok else "nan"),
-        ("503 share", f"{busy / max(len(results), 1):.1%}"),
-        ("server RSS after warm-up / end (MB)", f"{rss_before:.0f} / {rss_after:.0f}"),
+def batch_counts(url: str) -> tuple[float, float]:
+    """(batches, rows) the server's model worker has run, from its /metrics."""
+    values = {}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        name, _, value = line.partition(" ")
+        values[name] = value
+    return float(values.get("aim_batch_size_count", 0)), float(values.get("aim_batch_size_sum", 0))
+
+
+def report(rows, memory, args) -> str:
+    header = (
+        f"{'max batch':>9}  {'clients':>7}  {'answers':>7}  {'answers/s':>9}  {'p50 ms':>7}  {'p99 ms':>7}  "
+        f"{'503':>4}  {'5xx':>4}  {'rows/batch':>10}"
+    )
+    lines = [
+        f"server: {f'{args.replicas} Ray Serve replica(s)' if args.replicas else 'single process'}, "
+        f"model: {args.model or 'embedded world model'}, {args.shots} shots, max_tokens {args.max_tokens}",
+        header,
+        "-" * len(header),
     ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    rates = {}
+    for batch_size, clients, results, seconds, rows_per_batch in rows:
+        ok = sorted(t for s, t in results if s == 200)
+        busy = sum(s == 503 for s, _ in results)
+        errors = sum(s >= 500 and s != 503 for s, _ in results)
+        rates[batch_size, clients] = len(ok) / seconds
+        p50, p99 = (_quantile(ok, q) * 1000 for q in (0.5, 0.99))
+        lines.append(
+            f"{batch_size:>9}  {clients:>7}  {len(ok):>7}  {rates[batch_size, clients]:>9.1f}  {p50:>7.0f}  "
+            f"{p99:>7.0f}  {busy:>4}  {errors:>4}  {rows_per_batch:>10.1f}"
+        )
+    base = args.batch_sizes[0]
+    for batch_size in args.batch_sizes[1:]:
+        ratios = ", ".join(f"{c} clients {rates[batch_size, c] / rates[base, c]:.2f}x" for c in args.clients)
+        lines.append(f"answers/s, max batch {batch_size} vs {base}: {ratios}")
+    for batch_size, (before, after) in memory.items():
+        lines.append(
+            f"server RSS, max batch {batch_size}: {before:.0f} MB after warm-up, {after:.0f} MB at the end"
+        )
+    return "\n".join(lines)
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    return (
+        sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+        if sorted_values
+        else float("nan")
+    )
 
 
 def rss_mb(pid: int) -> float:
-    return psutil.Process(pid).memory_info().rss / 2**20
+    """The server's process and its descendants (a local Ray cluster's processes are the driver's children)."""
+    root, total = psutil.Process(pid), 0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a process that ended meanwhile
+            total += process.memory_info().rss
+    return total / 2**20
 
 
 def free_port() -> int:
@@ -139,7 +212,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_healthy(url: str, server: subprocess.Popen, seconds: float = 180.0) -> None:
+def wait_healthy(url: str, server: subprocess.Popen, seconds: float = 300.0) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if server.poll() is not None:
