@@ -1,17 +1,18 @@
 """Load test of `aim-icl serve` on 127.0.0.1: answers/s and latency by concurrency, for each max batch size.
 
 For every `--batch-sizes` value one server is started (default: the embedded world model, no download) and warmed
-up; then each concurrency level (1, 4, 16 and 32 clients) drives each server in turn, so the runs compared sit
-next to each other in time on a noisy machine. Each client sends the same few-shot chat (world scenes,
-`--shots` demos) in a bounded loop: `--requests` requests or `--seconds`, whichever ends first. The table gives
-answers/s, p50/p99 latency, 503s (queue full) and other 5xx; the last lines compare max batch sizes at the same
-concurrency, and the server's memory (RSS, its processes together) after warm-up and at the end.
+up. Each concurrency level (1, 4, 16 and 32 clients) then drives the servers in alternation, `--rounds` times, so
+a burst of load elsewhere on a shared machine hits every server alike. Each client sends the same few-shot chat
+(world scenes, `--shots` demos) in a bounded loop: `--requests` requests per round, within `--seconds` per level.
+The table gives answers/s, p50/p99 latency, 503s (queue full), other 5xx, the rows per batch the worker ran (from
+the server's /metrics) and the server's CPU time per answer (what an answer costs, whatever else the machine
+runs); the last lines compare max batch sizes at each concurrency and give the servers' memory (RSS).
 
-The clients run in this process and share the machine with the server: on a 2-core machine they take part of
-the CPU the server would use, so absolute rates are lower than a remote client would see; the ratios between
-batch sizes, measured in one run, are what to compare.
+The clients run in this process and share the machine with the servers: on a 2-core machine they take part of
+the CPU a server would use, so absolute rates are lower than remote clients would see; compare the ratios.
 
-Usage: python benchmarks/serve_load.py [--batch-sizes 1 16] [--clients 1 4 16 32] [--requests 20] [--seconds 30]
+Usage: python benchmarks/serve_load.py [--batch-sizes 1 16] [--clients 1 4 16 32] [--requests 8] [--rounds 3]
+       [--seconds 45]
        [--shots 2] [--max-tokens 8] [--model DIR [--projector DIR]]
        [--replicas N]   (N Ray Serve replicas of one CPU each, with one --batch-sizes value; default: the
                          single-process server)
@@ -23,6 +24,7 @@ import argparse
 import base64
 import contextlib
 import io
+import json
 import os
 import random
 import socket
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 
 import httpx
 import psutil
@@ -41,8 +44,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="--max-batch-size values")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32], help="concurrency levels")
-    parser.add_argument("--requests", type=int, default=20, help="requests per client (bounded loop)")
-    parser.add_argument("--seconds", type=float, default=30.0, help="time limit per concurrency level")
+    parser.add_argument(
+        "--requests", type=int, default=8, help="requests per client and round (bounded loop)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternations between the servers per level")
+    parser.add_argument(
+        "--seconds", type=float, default=45.0, help="time limit per concurrency level and server"
+    )
     parser.add_argument("--shots", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--model", help="model directory (default: the embedded world model)")
@@ -63,11 +71,13 @@ def main() -> None:
         memory = {b: warm_up(process, url, body) for b, (process, url) in servers.items()}
         rows = []
         for clients in args.clients:
-            for batch_size, (_, url) in servers.items():
-                before = batch_counts(url)
-                results, seconds = run_clients(url, body, clients, args.requests, args.seconds)
-                batches, batch_rows = (a - b for a, b in zip(batch_counts(url), before))
-                rows.append((batch_size, clients, results, seconds, batch_rows / max(batches, 1)))
+            runs = {b: Run() for b in servers}
+            for _ in range(args.rounds):  # alternate the servers, so a burst of load elsewhere hits both
+                for batch_size, (process, url) in servers.items():
+                    runs[batch_size].add(
+                        process, url, body, clients, args.requests, args.seconds / args.rounds
+                    )
+            rows += [(b, clients, run) for b, run in runs.items()]
         memory = {b: (memory[b], rss_mb(process.pid)) for b, (process, _) in servers.items()}
     finally:
         for process, _ in servers.values():
@@ -116,6 +126,27 @@ def start_server(args, port: int, batch_size: int, queue_size: int) -> subproces
     return subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@dataclass
+class Run:
+    """One server at one concurrency level, over its rounds: requests, wall time, batches, server CPU time."""
+
+    results: list[tuple[int, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    batches: float = 0.0
+    batch_rows: float = 0.0
+    cpu_seconds: float = 0.0
+
+    def add(self, process: subprocess.Popen, url: str, body: dict, clients: int, requests: int, limit: float):
+        batches, cpu = batch_counts(url), cpu_seconds(process.pid)
+        results, seconds = run_clients(url, body, clients, requests, limit)
+        self.results += results
+        self.seconds += seconds
+        self.cpu_seconds += cpu_seconds(process.pid) - cpu
+        after = batch_counts(url)
+        self.batches += after[0] - batches[0]
+        self.batch_rows += after[1] - batches[1]
+
+
 def run_clients(
     url: str, body: dict, clients: int, requests: int, seconds: float
 ) -> tuple[list[tuple[int, float]], float]:
@@ -125,13 +156,16 @@ def run_clients(
     start = time.perf_counter()
     end = time.monotonic() + seconds
 
+    payload = json.dumps(body).encode()  # encoded once: the clients' own CPU time competes with the server's
+    headers = {"Content-Type": "application/json"}
+
     def client() -> None:
         with httpx.Client(base_url=url, timeout=120) as http:
             for _ in range(requests):
                 if time.monotonic() > end:
                     return
                 sent = time.perf_counter()
-                status = http.post("/v1/chat/completions", json=body).status_code
+                status = http.post("/v1/chat/completions", content=payload, headers=headers).status_code
                 with lock:
                     results.append((status, time.perf_counter() - sent))
                 if status == 503:
@@ -159,7 +193,7 @@ def batch_counts(url: str) -> tuple[float, float]:
 def report(rows, memory, args) -> str:
     header = (
         f"{'max batch':>9}  {'clients':>7}  {'answers':>7}  {'answers/s':>9}  {'p50 ms':>7}  {'p99 ms':>7}  "
-        f"{'503':>4}  {'5xx':>4}  {'rows/batch':>10}"
+        f"{'503':>4}  {'5xx':>4}  {'rows/batch':>10}  {'cpu ms/ans':>11}"
     )
     lines = [
         f"server: {f'{args.replicas} Ray Serve replica(s)' if args.replicas else 'single process'}, "
@@ -168,15 +202,16 @@ def report(rows, memory, args) -> str:
         "-" * len(header),
     ]
     rates = {}
-    for batch_size, clients, results, seconds, rows_per_batch in rows:
-        ok = sorted(t for s, t in results if s == 200)
-        busy = sum(s == 503 for s, _ in results)
-        errors = sum(s >= 500 and s != 503 for s, _ in results)
-        rates[batch_size, clients] = len(ok) / seconds
+    for batch_size, clients, run in rows:
+        ok = sorted(t for s, t in run.results if s == 200)
+        busy = sum(s == 503 for s, _ in run.results)
+        errors = sum(s >= 500 and s != 503 for s, _ in run.results)
+        rates[batch_size, clients] = len(ok) / run.seconds
         p50, p99 = (_quantile(ok, q) * 1000 for q in (0.5, 0.99))
         lines.append(
             f"{batch_size:>9}  {clients:>7}  {len(ok):>7}  {rates[batch_size, clients]:>9.1f}  {p50:>7.0f}  "
-            f"{p99:>7.0f}  {busy:>4}  {errors:>4}  {rows_per_batch:>10.1f}"
+            f"{p99:>7.0f}  {busy:>4}  {errors:>4}  {run.batch_rows / max(run.batches, 1):>10.1f}  "
+            f"{1000 * run.cpu_seconds / max(len(ok), 1):>11.1f}"
         )
     base = args.batch_sizes[0]
     for batch_size in args.batch_sizes[1:]:
@@ -197,10 +232,25 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the server's processes so far: what an answer costs, whatever else runs."""
+    total = 0.0
+    for process in _tree(pid):
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
 def rss_mb(pid: int) -> float:
     """The server's process and its descendants (a local Ray cluster's processes are the driver's children)."""
-    root, total = psutil.Process(pid), 0
-    for process in [root, *root.children(recursive=True)]:
+    total = 0
+    for process in _tree(pid):
         with contextlib.suppress(psutil.Error):  # a process that ended meanwhile
             total += process.memory_info().rss
     return total / 2**20
