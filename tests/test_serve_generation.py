@@ -249,6 +249,23 @@ def test_streamed_text_is_sent_as_it_is_generated(world):
     assert sink.events[-1] == ("end", 6, "length")
 
 
+def test_a_request_whose_client_left_stops_generating(world):
+    forwards = []
+    hook = world.model.register_forward_hook(lambda *_: forwards.append(1))
+    service, sink = ModelService(world), RecordingSink(forwards)
+    chat = Conversation([], SCENE, QUESTIONS[0])
+    job = service.chat_job(chat, "aim", Generation(max_tokens=12), deadline=float("inf"), sink=sink)
+    sink.text = lambda choice, piece: setattr(
+        job, "abandoned", True
+    )  # the client leaves after the first piece
+    try:
+        service.generate([job])
+    finally:
+        hook.remove()
+    assert len(forwards) == 2  # the step that saw it leave ended the row: no more forwards for it
+    assert job.future.result(0).choices[0].finish_reason == "abandoned"
+
+
 def test_stream_chunks_add_up_to_the_answer_with_stop_strings_and_usage_last(app):
     async def stream():
         transport = httpx.ASGITransport(app=app)
