@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import functools
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -47,18 +51,51 @@ def make_demos(k: int, seed: int = 0) -> list[Demo]:
     return demos
 
 
-def save_tiny(directory: Path, family: str = "llava", **overrides) -> Path:
-    """A tiny model of `family` and its processor saved as a Hugging Face directory (what `--model` takes)."""
+@dataclass(frozen=True)
+class SavedModel:
+    model: Path  # a Hugging Face directory: what `--model` and `AIM.from_pretrained` take
+    projector: Path  # its projector, copy map fitted: what `--projector` takes
+    aim: AIM  # the same model and projector in memory
+
+
+def save_tiny(directory: Path, family: str = "llava", **overrides) -> tuple[Path, AIM]:
+    """A tiny model of `family` and its processor saved as a Hugging Face directory, and an AIM over it."""
     model, processor = build_tiny(family, **overrides)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
-    return directory
+    return directory, AIM(model, processor)
 
 
 @pytest.fixture(scope="session")
-def llava_dir(tmp_path_factory) -> Path:
-    """The tiny LLaVA saved once per test session; treat it as read-only (save projectors elsewhere)."""
-    return save_tiny(tmp_path_factory.mktemp("tiny-llava"))
+def saved_llava(tmp_path_factory) -> SavedModel:
+    """The tiny LLaVA and a fitted projector saved once per test session: read them, write elsewhere."""
+    root = tmp_path_factory.mktemp("tiny-llava")
+    model, aim = save_tiny(root / "model")
+    aim.fit_projector(make_demos(32, seed=7))
+    return SavedModel(model, aim.save_projector(root / "projector"), aim)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, seconds: float = 120.0) -> None:
+    """Wait until the server at `url` answers /health; fail with its stderr if it exits first."""
+    import httpx
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"server at {url} not healthy after {seconds:.0f} s")
 
 
 @functools.cache
@@ -66,7 +103,7 @@ def tiny_aim(family: str) -> AIM:
     """An AIM over a tiny model of `family`, copy map fitted so fused tokens are not zero."""
     model, processor = build_tiny(family)
     aim = AIM(model, processor)
-    aim.fit_projector(make_demos(8, seed=7))
+    aim.fit_projector(make_demos(32, seed=7))  # 341 positions: the 64-wide copy map generalises
     return aim
 
 

@@ -170,13 +170,9 @@ def test_bad_metadata_writes_nothing_of_its_batch(llava, tmp_path):
 # -- building from a demo file ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("model")
-    model, processor = build_tiny("llava")
-    model.save_pretrained(root)
-    processor.save_pretrained(root)
-    return root
+@pytest.fixture
+def saved_model(saved_llava) -> Path:
+    return saved_llava.model
 
 
 def write_demo_file(folder: Path, n: int, seed: int = 0) -> tuple[Path, list[Demo]]:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from aim_icl import Demo
 from aim_icl.cli import VERBS, main
 from aim_icl.testing.tiny import tiny_image
 from aim_icl.world.scene import Scene
@@ -65,12 +66,19 @@ print(json.dumps(loaded))
 
 
 @pytest.mark.parametrize("mode", ["zero", "text", "icl", "aim"])
-def test_generate_prints_an_answer(llava_dir, images, mode, capsys):
-    demos = [] if mode == "zero" else ["--demo", str(images / "1.png"), "question: what? answer: red"]
-    code = main(["generate", "--model", str(llava_dir), "--image", str(images / "0.png"), "--prompt", QUERY,
-                 "--mode", mode, "--max-new-tokens", "3", *demos])  # fmt: skip
-    assert code == 0
-    assert capsys.readouterr().out.strip()
+def test_generate_prints_the_answer_of_the_python_api(saved_llava, images, mode, capsys):
+    demos = [] if mode == "zero" else [(images / "1.png", "question: what? answer: red")]
+    args = ["generate", "--model", str(saved_llava.model), "--projector", str(saved_llava.projector),
+            "--image", str(images / "0.png"), "--prompt", QUERY, "--mode", mode, "--max-new-tokens", "3"]  # fmt: skip
+    assert main([*args, *(x for image, text in demos for x in ("--demo", str(image), text))]) == 0
+    expected = saved_llava.aim.generate(
+        images / "0.png",
+        QUERY,
+        demos=[Demo(image, text) for image, text in demos],
+        mode=mode,
+        max_new_tokens=3,
+    )
+    assert capsys.readouterr().out == expected + "\n"
 
 
 def test_generate_without_a_model_answers_with_the_world_model(tmp_path, capsys):
@@ -89,22 +97,22 @@ def test_generate_without_a_model_answers_with_the_world_model(tmp_path, capsys)
     assert capsys.readouterr().out.split() == ["blue", "."]
 
 
-def test_bad_input_is_one_error_line(llava_dir, images, capsys):
-    code = main(["generate", "--model", str(llava_dir), "--image", str(images / "none.png"), "--prompt", "x"])
+def test_bad_input_is_one_error_line(saved_llava, images, capsys):
+    code = main(
+        ["generate", "--model", str(saved_llava.model), "--image", str(images / "none.png"), "--prompt", "x"]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("aim-icl generate: error: image not found") and "\n" not in err
 
 
-def test_a_corrupt_projector_is_one_error_line(llava_dir, images, tmp_path, capsys):
-    from aim_icl import AIM
-
-    projector = AIM.from_pretrained(llava_dir).save_projector(tmp_path / "projector")
+def test_a_corrupt_projector_is_one_error_line(saved_llava, images, tmp_path, capsys):
+    projector = saved_llava.aim.save_projector(tmp_path / "projector")
     save_file({"copy.weight": torch.zeros(1)}, str(projector / "projector.safetensors"))
     args = [
         "generate",
         "--model",
-        str(llava_dir),
+        str(saved_llava.model),
         "--projector",
         str(projector),
         "--image",

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import torch
+from conftest import save_tiny
 
 from aim_icl import AIM
 from aim_icl.cli import main
-from aim_icl.testing.tiny import build_tiny
 from aim_icl.train.synthetic import dax_documents, write_corpus
 
 
@@ -28,11 +28,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    model, processor = build_tiny("llava", text_config={"initializer_range": 0.2})
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    # larger initial weights than the shared tiny LLaVA's
+    return save_tiny(tmp_path_factory.mktemp("model"), text_config={"initializer_range": 0.2})[0]
 
 
 @pytest.fixture(scope="module")
