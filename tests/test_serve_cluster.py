@@ -25,6 +25,8 @@ from PIL import Image
 from aim_icl import AIM, AIMError, Demo, DemoBank
 from aim_icl.bank import BankStore, content_key
 from aim_icl.bank.layered import claim_shard, merge_replica_shards, shard_path, shards_of
+from aim_icl.cli import build_parser, main
+from aim_icl.commands.serve import server_config
 from aim_icl.serve import cluster
 from aim_icl.serve.app import ServerConfig, create_app
 from aim_icl.serve.metrics_mirror import MetricsMirror
@@ -95,6 +97,28 @@ def test_replica_bounds_become_serve_options():
     assert "num_replicas" not in scaled
     with pytest.raises(AIMError, match="replica bounds"):
         cluster.Scaling(replicas=3, max_replicas=2)
+
+
+def test_replica_flags_choose_ray_and_bad_ones_fail_in_one_line_before_any_model_loads(capsys):
+    parse = build_parser().parse_args
+    assert not cluster.wanted(parse(["serve"]))  # the single process stays the default
+    assert cluster.wanted(parse(["serve", "--replicas", "2"])) and cluster.wanted(
+        parse(["serve", "--ray-address", "auto"])
+    )
+    args = parse(
+        ["serve", "--replicas", "2", "--min-replicas", "1", "--max-replicas", "4", "--allow-dir", "."]
+    )
+    spec = cluster.replica_spec(args, server_config(args))
+    assert spec.config.images.allowed_dirs[0].is_absolute()  # replicas run in another working directory
+    assert cluster.scaling(args).bounds == (1, 4)
+    for flags, message in [
+        (["--replicas", "3", "--max-replicas", "2"], "replica bounds"),
+        (["--replicas", "0"], "replica bounds"),
+        (["--replicas", "2", "--num-gpus", "1"], "--device cuda"),
+    ]:
+        assert main(["serve", *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
 
 
 class LocalBoard:

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 APP_NAME = "aim-icl"
 BOARD_NAMESPACE = "aim-icl"
 REPLICA_HEADER = "x-aim-replica"
+# warnings and errors only, as the single-process server logs (Ray keeps its full logs under /tmp/ray)
+QUIET_LOGS = {"log_level": "WARNING", "enable_access_log": False}
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ def deployment_options(scaling: Scaling, config) -> dict:
         "max_ongoing_requests": config.queue_size + config.max_batch_size,
         "max_queued_requests": config.queue_size,
         "graceful_shutdown_timeout_s": config.timeout_s,
+        "logging_config": QUIET_LOGS,
     }
     if scaling.autoscaled:
         low, high = scaling.bounds
@@ -141,7 +144,7 @@ class AIMReplica:
         app = create_app(self.service, config)
         headers = {"authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         app.add_middleware(TaskSync, board=self.board, known=self.service.tasks.__contains__, headers=headers)
-        app.middleware("http")(_tag_replica(self.replica_id))
+        app.add_middleware(TagReplica, replica_id=self.replica_id)
         return app
 
     def __del__(self):
@@ -152,13 +155,22 @@ class AIMReplica:
             self._mirror.set()
 
 
-def _tag_replica(replica_id: str):
-    async def tag(request, call_next):
-        response = await call_next(request)
-        response.headers[REPLICA_HEADER] = replica_id
-        return response
+class TagReplica:
+    """ASGI middleware naming the replica in every response's headers (plain ASGI: no per-request task)."""
 
-    return tag
+    def __init__(self, app, replica_id: str):
+        self.app, self.header = app, (REPLICA_HEADER.encode(), replica_id.encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def tagged(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, tagged)
 
 
 def application(spec: ReplicaSpec, scaling: Scaling):
@@ -232,7 +244,7 @@ def replica_spec(args: argparse.Namespace, config) -> ReplicaSpec:
 
 def scaling(args: argparse.Namespace) -> Scaling:
     return Scaling(
-        replicas=args.replicas or 1,
+        replicas=1 if args.replicas is None else args.replicas,
         min_replicas=args.min_replicas,
         max_replicas=args.max_replicas,
         target_ongoing_requests=args.target_ongoing_requests,
@@ -254,8 +266,13 @@ def run(args: argparse.Namespace, config) -> int:
     ray.init(address=args.ray_address, include_dashboard=False if local else None)
     try:
         drop_board(spec.board)
-        serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(application(spec, bounds), name=APP_NAME, route_prefix="/")
+        serve.start(http_options={"host": args.host, "port": args.port}, logging_config=QUIET_LOGS)
+        try:
+            serve.run(application(spec, bounds), name=APP_NAME, route_prefix="/")
+        except RuntimeError as err:  # a replica's own error (e.g. the model did not load) is in the log above
+            raise AIMError(
+                f"the replicas did not start ({err}); the replica's error is in the log above"
+            ) from None
         print(
             f"serving {spec.name!r} on http://{args.host}:{args.port} with {_describe(bounds)} (Ray Serve, "
             f"{time.perf_counter() - start:.0f} s to start); Ctrl-C stops",
