@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aim_icl.core.dtypes import FLOAT_DTYPES
 from aim_icl.errors import AIMError
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,9 @@ class TrainConfig:
     output: str | None = _opt(None, "output directory: the trained projector, checkpoints, logs")
     projector: str | None = _opt(None, "start from this saved projector instead of a fresh one")
     projector_name: str = _opt("residual", "projector kind for a fresh projector: residual or linear")
+    projector_options: dict[str, Any] = _opt(
+        dict, 'options of a fresh projector, as a JSON object on the command line (e.g. \'{"mlp_ratio": 4}\')'
+    )
     layer: int = _opt(-1, "backbone layer whose hidden states the projector reads")
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -109,8 +114,12 @@ class TrainConfig:
             ),
             (o.lr > 0, "lr must be positive"),
             (
-                self.cache_dtype in ("float16", "bfloat16", "float32"),
-                "cache_dtype must be float16, bfloat16 or float32",
+                self.cache_dtype in FLOAT_DTYPES,
+                f"cache_dtype must be one of {', '.join(FLOAT_DTYPES)}, not {self.cache_dtype!r}",
+            ),
+            (
+                self.backbone_dtype in ("auto", *FLOAT_DTYPES),
+                f"backbone_dtype must be auto or one of {', '.join(FLOAT_DTYPES)}, not {self.backbone_dtype!r}",
             ),
             (
                 self.mixed_precision in ("auto", "no", "fp16", "bf16"),
@@ -187,6 +196,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hint) is list:
             kwargs["nargs"] = "+"
+        elif typing.get_origin(hint) is dict:
+            kwargs["type"] = json.loads
         elif "const" in f.metadata:
             kwargs.update(nargs="?", const=f.metadata["const"])
         parser.add_argument(flag, **kwargs)
@@ -222,6 +233,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     args = typing.get_args(hint)
     if value is None and type(None) in args:
         return None
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, dict):
+            raise AIMError(f"{name} must be a mapping of option: value, not {value!r}")
+        return dict(value)
     base = (
         next((a for a in args if a is not type(None)), hint) if typing.get_origin(hint) is not list else hint
     )
