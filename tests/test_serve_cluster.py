@@ -9,7 +9,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import sqlite3
 import threading
 import time
@@ -32,8 +31,8 @@ from aim_icl.serve.app import ServerConfig, create_app
 from aim_icl.serve.metrics_mirror import MetricsMirror
 from aim_icl.serve.service import ModelService
 from aim_icl.serve.task_sync import TaskBoard, TaskSync
-from aim_icl.testing.tiny import build_tiny, tiny_image
-from tests.conftest import make_demos, tiny_aim
+from aim_icl.testing.tiny import tiny_image
+from tests.conftest import free_port, make_demos, tiny_aim
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")  # Ray's own pydantic usage
 
@@ -218,36 +217,24 @@ def demo_key(aim: AIM, seed: int, answer: str) -> str:
     return content_key(image, f"{QUESTION} {answer}", aim.template)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny LLaVA with a fitted projector on disk, and a shared bank that already holds two chat demos."""
+def model_dir(saved_llava, tmp_path_factory):
+    """A directory with a shared bank that already holds two chat demos, and the session's saved tiny LLaVA."""
     directory = tmp_path_factory.mktemp("cluster")
-    model, processor = build_tiny("llava")
-    model.save_pretrained(directory / "model")
-    processor.save_pretrained(directory / "model")
-    aim = AIM(model, processor)
-    aim.fit_projector(make_demos(8, seed=7))
-    aim.save_projector(directory / "projector")
-    with DemoBank(directory / "bank.sqlite", aim) as bank:
+    with DemoBank(directory / "bank.sqlite", saved_llava.aim) as bank:
         bank.add([Demo(tiny_image(s), f"{QUESTION} {a}") for s, a in SHARED], progress=False)
-    return directory, aim
+    return directory, saved_llava
 
 
 @pytest.fixture(scope="module")
 def served(model_dir):
     """Two replicas of the app on a local Ray cluster; yields (url, spec)."""
     ray, serve = cluster.import_ray()
-    directory, _ = model_dir
+    directory, saved = model_dir
     config = ServerConfig(api_key=KEY, queue_size=8, max_batch_size=4, max_new_tokens=4)
     spec = cluster.ReplicaSpec(
-        model=str(directory / "model"),
-        projector=str(directory / "projector"),
+        model=str(saved.model),
+        projector=str(saved.projector),
         device="cpu",
         name="aim",
         bank=str(directory / "bank.sqlite"),
@@ -297,8 +284,8 @@ def bank_after_merge(directory, copy) -> BankStore:
 
 def test_two_replicas_answer_as_the_single_process_server(served, model_dir):
     url, spec = served
-    directory, _ = model_dir
-    aim = AIM.from_pretrained(directory / "model", projector=directory / "projector")
+    _, saved = model_dir
+    aim = AIM.from_pretrained(saved.model, projector=saved.projector)
     single_app = create_app(ModelService(aim, model_name="aim"), spec.config)
     requests = [
         ("zero", chat([])),
@@ -352,7 +339,8 @@ def test_a_task_created_on_one_replica_answers_on_every_replica(served):
 
 def test_two_replicas_adding_the_same_demos_at_once_store_each_once(served, model_dir, tmp_path):
     url, _ = served
-    directory, aim = model_dir
+    directory, saved = model_dir
+    aim = saved.aim
     batches = [[(10 + i, "red"), (20 + i, "blue cat")] for i in range(4)]
     with bank_after_merge(directory, tmp_path / "before.sqlite") as bank:
         existing = set(bank.keys())
@@ -369,7 +357,8 @@ def test_two_replicas_adding_the_same_demos_at_once_store_each_once(served, mode
 
 def test_a_replica_killed_mid_load_is_replaced_and_the_bank_loses_nothing(served, model_dir, tmp_path):
     url, _ = served
-    directory, aim = model_dir
+    directory, saved = model_dir
+    aim = saved.aim
     with bank_after_merge(directory, tmp_path / "before.sqlite") as bank:
         existing = set(bank.keys())
     results, stop, lock = [], threading.Event(), threading.Lock()
