@@ -8,6 +8,8 @@ reset), i.e. everything it holds: Python, torch, model, bank, cache and the quer
 median wall time per query after one warm-up query (image processing, demo reading or bank lookups, prompt
 building and generating `--new-tokens` tokens). Each query is followed by a zero-shot query in the same process,
 and the ratio to zero-shot is the median of those pairs' ratios, so load from other processes largely cancels.
+With the prefix cache, each query is also followed by the same query through the bank alone (`aim+bank`), and
+the median of those ratios says what the cache gains or costs.
 icl runs only while its prompt fits `--max-tokens` (default 32,768: llava-v1.6-mistral-7b's context) and its
 process stays under `--memory-budget-gib`; beyond that it is reported as not fitting.
 
@@ -27,8 +29,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from aim_icl import AIM, Demo
-from aim_icl.core.prefix_cache import PrefixCache
+from aim_icl import AIM, Demo, PrefixCache
 from aim_icl.eval.memory import PeakMemory
 from aim_icl.testing.tiny import build_tiny, tiny_image
 
@@ -113,6 +114,7 @@ def measure(
     torch.set_num_threads(1)
     aim = build_aim(width, workdir / "projector")
     ask, cache = _asker(aim, config, k, workdir, prepared)
+    bank = _asker(aim, "aim+bank", k, workdir, prepared)[0] if cache is not None else None
     images = [tiny_image(10_000 + i, size=SIZE) for i in range(n_queries + 1)]
     greedy = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     setup = psutil.Process().memory_info().rss / MIB  # Python, torch, model, demos or bank, before any query
@@ -121,15 +123,18 @@ def measure(
         for image in images:  # the first round warms up (and builds the prefix cache): not timed
             answer = _timed(lambda image=image: ask(image, greedy))
             zero = _timed(lambda image=image: aim.generate(image, QUERY, [], "zero", **greedy))
-            rounds.append((answer, zero))
+            plain = _timed(lambda image=image: bank(image, greedy)) if bank else (None, None)
+            rounds.append((answer, zero, plain))
     timed = rounds[1:]
     return dict(
         peak_mib=peak.mb,
         setup_mib=setup,
         first_s=rounds[0][0][0],
-        latency_s=statistics.median(a[0] for a, _ in timed),
-        ratio=statistics.median(a[0] / z[0] for a, z in timed),
-        answers=[a[1] for a, _ in rounds],
+        latency_s=statistics.median(a[0] for a, _, _ in timed),
+        ratio=statistics.median(a[0] / z[0] for a, z, _ in timed),
+        vs_bank=statistics.median(a[0] / b[0] for a, _, b in timed) if bank else None,
+        answers=[a[1] for a, _, _ in rounds],
+        bank_answers=[b[1] for _, _, b in rounds] if bank else None,
         cached=cache.length if cache is not None else None,
     )
 
@@ -284,14 +289,16 @@ def notes(prepared: dict, results: dict, shots: list[int], args) -> list[str]:
 
 def _prefix_notes(results: dict, shots: list[int]) -> list[str]:
     """Prefix cache: same answers as without it, the cost of its first query, its latency next to the bank's."""
-    same = [
-        k
-        for k in shots
-        if all(isinstance(results.get((c, k)), dict) for c in ("aim+bank", "aim+bank+prefix"))
-        and results["aim+bank", k]["answers"] == results["aim+bank+prefix", k]["answers"]
-    ]
+    runs = {k: results.get(("aim+bank+prefix", k)) for k in shots}
+    runs = {k: r for k, r in runs.items() if isinstance(r, dict)}
+    same = [k for k, r in runs.items() if r["answers"] == r["bank_answers"]]
     lines = [
-        f"greedy answers with the prefix cache equal those without it at k = {', '.join(map(str, same))}."
+        f"greedy answers with the prefix cache equal those of the bank alone (same process) at k = "
+        f"{', '.join(map(str, same)) or 'none'} of {', '.join(map(str, runs))}."
+    ]
+    lines += [
+        f"k = {k}: latency with the prefix cache / the bank alone, same process: {r['vs_bank']:.2f}x."
+        for k, r in runs.items()
     ]
     firsts = [
         f"{results['aim+bank+prefix', k]['first_s']:.2f}"
@@ -322,6 +329,7 @@ def targets(prepared: dict, results: dict, shots: list[int]) -> list[str]:
         r = results.get(("aim+bank+prefix", 16))
         if isinstance(r, dict):
             out.append(_target("k=16 bank+prefix latency / zero-shot", r["ratio"], 1.3, "{:.2f}x"))
+            out.append(_target("k=16 bank+prefix latency / bank alone", r["vs_bank"], 1.0, "{:.2f}x"))
     lo, hi = min(shots), max(shots)
     for config in ("aim+bank", "aim+bank+prefix"):
         a, b = results.get((config, lo)), results.get((config, hi))

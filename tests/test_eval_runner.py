@@ -8,9 +8,10 @@ import pytest
 from conftest import RESULT_ROW_FIELDS
 
 from aim_icl import AIMError
+from aim_icl.core.placement import process_state
 from aim_icl.eval import runner
 from aim_icl.eval.demos import open_pool_bank
-from aim_icl.eval.runner import process_state, run_eval
+from aim_icl.eval.runner import run_eval
 from aim_icl.eval.selection import draw_pool, similarity_selection
 from aim_icl.eval.task import Item, Task
 from aim_icl.testing.tiny import tiny_image
@@ -113,7 +114,7 @@ def test_bad_arguments_are_clear_errors(llava, kwargs, message):
 def test_similarity_selection_through_the_bank(llava, tmp_path):
     task = toy_task()
     pool = draw_pool(task.train, 2048, seed=0)
-    bank = open_pool_bank(tmp_path / "bank.sqlite", llava, task, pool, process_state(cpu=True))
+    bank = open_pool_bank(tmp_path / "bank.sqlite", llava, task, pool, process_state("cpu"))
     select = similarity_selection(pool, bank=bank)
     twin = Item(
         "twin", pool[5].image, {"question": "what colour?"}, ("red",)

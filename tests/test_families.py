@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import NAMED_FAMILIES, make_demos
 
-from aim_icl import Demo
+from aim_icl import Demo, Query
 from aim_icl.testing.tiny import FAMILIES, tiny_image
 
 QUERY = "question: what is it? answer:"
@@ -161,7 +161,10 @@ def test_training_forward_reaches_only_the_projector(aim, mode):
 
 def test_batched_training_inputs_match_single(aim):
     demos = make_demos(3)
-    queries = [(tiny_image(5), QUERY, demos[:1], "red"), (tiny_image(6), QUERY, demos, "blue circle")]
+    queries = [
+        Query(tiny_image(5), QUERY, demos[:1], "red"),
+        Query(tiny_image(6), QUERY, demos, "blue circle"),
+    ]
     batch = aim.build_batch(queries, mode="aim")
     with torch.no_grad():
         batched = aim.forward(batch).logits
@@ -191,7 +194,7 @@ def test_score_is_the_log_likelihood_of_each_candidate(aim, mode):
     scores = aim.score(tiny_image(5), QUERY, candidates, demos, mode=mode)
     assert scores.shape == (3,) and (scores < 0).all()
     for candidate, score in zip(candidates, scores):  # equals the loss of that answer alone, times its length
-        inputs = aim.build_batch([(tiny_image(5), QUERY, demos, candidate)], mode=mode, eos=False)
+        inputs = aim.build_batch([Query(tiny_image(5), QUERY, demos, candidate)], mode=mode, eos=False)
         with torch.no_grad():
             loss = aim.forward(inputs).loss
         n = len(aim.encoder.answer_ids(QUERY + aim.template.suffix, candidate))

@@ -27,17 +27,38 @@ def test_fresh_residual_projector_is_zero_until_fitted():
     assert torch.equal(proj(torch.randn(3, 16)), torch.zeros(3, 8))
 
 
-def test_fitted_copy_map_reproduces_the_demo_text_embeddings(family):
-    """Untrained AIM ≈ text-only demos: ê maps each text position back to (near) its own token embedding."""
-    aim = tiny_aim(family)  # fitted on make_demos(8, seed=7)
-    states = aim.encode(make_demos(8, seed=7))
+@torch.no_grad()
+def copy_error(aim, demos) -> tuple[float, float]:
+    """Relative distance of the demos' fused tokens to their own token embeddings, and the share of fused tokens
+    whose nearest vocabulary embedding is their own token's."""
+    states = aim.encode(demos)
     fused = torch.cat([aim.project(s.hidden) for s in states])
     target = torch.cat([aim.backbone.embed(s.token_ids) for s in states])
-    residual = (fused - target).norm() / target.norm()
-    assert residual < 0.5
     table = aim.backbone.embed(torch.arange(aim.model.get_input_embeddings().num_embeddings))
     nearest = torch.cdist(fused, table).argmin(-1)  # the token each fused vector is closest to
-    assert (nearest == torch.cat([s.token_ids for s in states])).float().mean() > 0.5
+    own = (nearest == torch.cat([s.token_ids for s in states])).float().mean()
+    return float((fused - target).norm() / target.norm()), float(own)
+
+
+def test_fitted_copy_map_reproduces_unseen_demo_text_embeddings(family):
+    """Untrained AIM ≈ text-only demos, on demos the copy map was not fitted on (other images, other texts).
+
+    Fitted on 8 demos (83 positions for a 64-wide map) the map memorised them: Gemma 3 was at 0.84 here. With
+    341 positions every family but Gemma 3 is at 0.03-0.16; Gemma 3 stays at 0.57 however much it is fitted on
+    (0.52 on 2,801 positions): in its tiny random model each sublayer's output is normalised (sandwich norms) to
+    ~9x the norm of the token embedding, so the last layer holds its token only partly linearly.
+    """
+    aim = tiny_aim(family)  # fitted on make_demos(32, seed=7)
+    residual, own = copy_error(aim, make_demos(16, seed=11))
+    assert residual < 0.65 and own >= 0.8
+
+
+def test_fitting_on_too_few_positions_warns(caplog):
+    model, processor = build_tiny("llava")
+    aim = AIM(model, processor)
+    with caplog.at_level("WARNING", logger="aim_icl.core.aim"):
+        aim.fit_projector(make_demos(4, seed=7))
+    assert "generalise poorly" in caplog.text
 
 
 def test_save_and_load_round_trip(tmp_path, llava):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aim_icl import AIM, Demo
+from aim_icl import AIM, Demo, Query
 from aim_icl.bank import DemoBank
 from aim_icl.errors import AIMError
 from aim_icl.testing.tiny import build_tiny
@@ -47,7 +47,7 @@ def eval_loss(aim: AIM, docs, mismatched: bool) -> float:
     demos = [Demo(*doc[0]) for doc in docs]
     if mismatched:
         demos = demos[1:] + demos[:1]
-    queries = [(doc[-1][0], "", [demo], doc[-1][1]) for doc, demo in zip(docs, demos)]
+    queries = [Query(doc[-1][0], "", [demo], doc[-1][1]) for doc, demo in zip(docs, demos)]
     with torch.no_grad():
         return aim.forward(aim.build_batch(queries, mode="aim")).loss.item()
 
@@ -130,7 +130,7 @@ def test_gradient_checkpointing_stores_fewer_activations_and_gives_the_same_grad
     aim.fit_projector([Demo(*pair) for doc in dax_documents(4) for pair in doc])
     docs = dax_documents(2, seed=3)
     demos = aim.encode([Demo(*doc[0]) for doc in docs])
-    queries = [(doc[-1][0], "", [s], doc[-1][1]) for doc, s in zip(docs, demos)]
+    queries = [Query(doc[-1][0], "", [s], doc[-1][1]) for doc, s in zip(docs, demos)]
 
     def gradients() -> tuple[list[torch.Tensor], int]:
         """Projector gradients, and the bytes autograd kept for backward outside checkpointed layers."""

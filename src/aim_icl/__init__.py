@@ -19,7 +19,9 @@ _EXPORTS = {
     "Demo": "aim_icl.core.demo",
     "DemoBank": "aim_icl.bank",
     "DemoStates": "aim_icl.core.demo",
+    "PrefixCache": "aim_icl.core.prefix_cache",
     "PromptTemplate": "aim_icl.core.prompt",
+    "Query": "aim_icl.core.demo",
     "load_image": "aim_icl.core.demo",
 }
 __all__ = [
@@ -29,7 +31,9 @@ __all__ = [
     "Demo",
     "DemoBank",
     "DemoStates",
+    "PrefixCache",
     "PromptTemplate",
+    "Query",
     "load_image",
     "__version__",
 ]
@@ -37,7 +41,8 @@ __all__ = [
 if TYPE_CHECKING:
     from aim_icl.bank import DemoBank
     from aim_icl.core.aim import AIM, MODES
-    from aim_icl.core.demo import Demo, DemoStates, load_image
+    from aim_icl.core.demo import Demo, DemoStates, Query, load_image
+    from aim_icl.core.prefix_cache import PrefixCache
     from aim_icl.core.prompt import PromptTemplate
     from aim_icl.errors import AIMError
 

@@ -1,6 +1,6 @@
 """Demonstration Bank: each demonstration read through the frozen backbone once, stored, selected per query."""
 
-from aim_icl.bank.bank import BankDemo, DemoBank
+from aim_icl.bank.bank import DemoBank
 from aim_icl.bank.build import build_bank, merge_shards, read_demo_file
 from aim_icl.bank.fingerprint import backbone_fingerprint, content_key
 from aim_icl.bank.select import SELECTORS, Selector
@@ -8,7 +8,6 @@ from aim_icl.bank.store import BankStore
 
 __all__ = [
     "SELECTORS",
-    "BankDemo",
     "BankStore",
     "DemoBank",
     "Selector",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,20 +10,13 @@ import torch
 from tqdm.auto import tqdm
 
 from aim_icl.bank.fingerprint import backbone_fingerprint, content_key
+from aim_icl.bank.layered import LayeredStore
 from aim_icl.bank.select import SELECTORS, VectorIndex
 from aim_icl.bank.store import BankStore, Row
 from aim_icl.core.demo import Demo, DemoStates, load_image
+from aim_icl.core.dtypes import FLOAT_DTYPES, dtype_name
 from aim_icl.core.vision import image_embeddings
 from aim_icl.errors import AIMError
-
-BANK_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-@dataclass
-class BankDemo(DemoStates):
-    """A stored demo: its hidden states, text and metadata (ready for `aim.generate(demos=...)`) and its key."""
-
-    key: str = ""
 
 
 class DemoBank:
@@ -35,12 +27,16 @@ class DemoBank:
     applied when a prompt is built, so the bank stays valid when the projector is retrained.
     """
 
-    def __init__(self, path: str | Path, aim, dtype: torch.dtype = torch.float16):
-        if dtype not in BANK_DTYPES:
-            raise AIMError(f"bank dtype must be one of float16, bfloat16, float32, not {dtype}")
+    def __init__(
+        self, path: str | Path, aim, dtype: torch.dtype = torch.float16, over: str | Path | None = None
+    ):
+        """`over`: a shared bank this one layers over, read only (`bank.layered`); what is added goes to `path`."""
+        if dtype_name(dtype) not in FLOAT_DTYPES:
+            raise AIMError(f"bank dtype must be one of {', '.join(FLOAT_DTYPES)}, not {dtype}")
         self.aim = aim
         self.dtype = dtype
-        self.store = BankStore(path, backbone_fingerprint(aim))
+        fingerprint = backbone_fingerprint(aim)
+        self.store = BankStore(path, fingerprint) if over is None else LayeredStore(path, fingerprint, over)
         self._pools: dict[str | None, tuple] = {}  # space -> (sorted keys, what its selector compares)
         self._pools_version = self.store.version()  # the pools are stale once another process commits
 
@@ -60,9 +56,10 @@ class DemoBank:
     def key(self, demo: Demo) -> str:
         return content_key(demo.image, demo.text, self.aim.template)
 
-    def get(self, key: str) -> BankDemo | None:
+    def get(self, key: str) -> DemoStates | None:
+        """The stored demo (its `key` set), ready for `aim.generate(demos=...)`; None when not stored."""
         row = self.store.get(key)
-        return None if row is None else _bank_demo(row)
+        return None if row is None else row.states
 
     # -- adding ----------------------------------------------------------------------------------------------
 
@@ -89,7 +86,7 @@ class DemoBank:
         self._pools.clear()
         return written
 
-    def states(self, demos: Sequence[Demo], batch_size: int = 8) -> list[BankDemo]:
+    def states(self, demos: Sequence[Demo], batch_size: int = 8) -> list[DemoStates]:
         """The demos' stored states, reading and storing those not stored yet (what a training cache wants)."""
         keys = self.add(demos, batch_size=batch_size, progress=False)
         return [self.get(key) for key in keys]
@@ -105,13 +102,11 @@ class DemoBank:
         image_embs = dict(zip(with_image, pooled))
         return [
             Row(
-                key=key,
-                text=demo.text,
-                token_ids=s.token_ids.long(),
-                hidden=s.hidden.to("cpu", self.dtype),
+                DemoStates(
+                    s.hidden.to("cpu", self.dtype), s.token_ids.long(), demo.text, dict(demo.metadata), key
+                ),
                 image_emb=image_embs.get(i),
                 text_emb=self._text_embedding(s.token_ids),
-                metadata=dict(demo.metadata),
             )
             for i, (key, demo, s) in enumerate(zip(keys, demos, states))
         ]
@@ -133,7 +128,7 @@ class DemoBank:
         exclude: Collection[str] = (),
         query_text: str | None = None,
         most_similar_last: bool = True,
-    ) -> list[BankDemo]:
+    ) -> list[DemoStates]:
         """k stored demos for this query, ready for `aim.generate(..., demos=...)` in `aim` or `text` mode.
 
         `strategy`: a name in `SELECTORS` (`random`, `similarity` on the image, `text_similarity` on
@@ -207,9 +202,3 @@ def _loaded(demo: Demo) -> Demo:
         raise AIMError(f"a bank stores Demo objects, not {type(demo).__name__}")
     image = None if demo.image is None else load_image(demo.image)
     return Demo(image, demo.text, demo.metadata)
-
-
-def _bank_demo(row: Row) -> BankDemo:
-    return BankDemo(
-        hidden=row.hidden, token_ids=row.token_ids, text=row.text, metadata=row.metadata, key=row.key
-    )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 from aim_icl.bank.bank import DemoBank
 from aim_icl.bank.store import BankStore
 from aim_icl.core.demo import Demo, load_image
+from aim_icl.core.placement import process_state
 from aim_icl.errors import AIMError
 
 logger = logging.getLogger(__name__)
@@ -121,17 +121,6 @@ def build_bank(
     if state.is_main_process:
         report.merged += merge_shards(bank_path)
     return report
-
-
-def process_state(device: str | None = None):
-    """accelerate's shared process state; CPU processes (gloo) when the CPU is asked for or no GPU is present.
-
-    Without `cpu=True` accelerate sees processes launched on a CPU-only machine as unrelated single processes.
-    """
-    from accelerate import PartialState
-
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    return PartialState(cpu=use_cpu or device == "cpu" or not torch.cuda.is_available())
 
 
 def shard_path(bank_path: str | Path, rank: int, world: int) -> Path:

@@ -1,7 +1,8 @@
-"""Content keys of demonstrations and the fingerprint of the backbone a bank belongs to.
+"""Content keys of demonstrations, hashes of weights, and the fingerprint of the backbone a bank belongs to.
 
-Both are sha256 hashes of canonical JSON. A content key is a function of what the model reads: the image's pixels
-after `load_image` (8-bit RGB; so neither the file's path nor its format matters), the text and the template.
+Keys and fingerprints are sha256 hashes of canonical JSON. A content key is a function of what the model reads: the
+image's pixels after `load_image` (8-bit RGB; so neither the file's path nor its format matters), the text and the
+template. Every cache of demo states (bank, training, evaluation) keys demos this way.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from aim_icl.core.demo import ImageLike, load_image
+from aim_icl.core.dtypes import dtype_name
 
 # config entries that say how a model was loaded or run, not what it computes
 _VOLATILE_CONFIG = {
@@ -78,7 +80,7 @@ def backbone_fingerprint(aim) -> dict[str, Any]:
         "model_type": aim.backbone.signature.model_type,
         "name_or_path": aim.backbone.signature.name_or_path,
         "config_hash": canonical_hash(_strip(model.config.to_dict())),
-        "dtype": str(aim.backbone.dtype).removeprefix("torch."),
+        "dtype": dtype_name(aim.backbone.dtype),
         "layer": aim.layer,
         "template": dataclasses.asdict(aim.template),
         "weights_hash": weights_hash(model),
@@ -101,14 +103,15 @@ def fingerprint_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> str
 
 
 @torch.no_grad()
-def weights_hash(model: torch.nn.Module) -> str:
-    """sha256 of evenly spaced samples of every parameter and buffer (cheap whatever the model's size)."""
+def weights_hash(model: torch.nn.Module, per_tensor: int | None = _SAMPLES_PER_TENSOR) -> str:
+    """sha256 of every parameter and buffer: `per_tensor` evenly spaced values of each (cheap whatever the
+    model's size: a backbone), or every value (`None`: a projector, where any trained change must show)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         if tensor.is_meta or tensor.numel() == 0:
             continue
         flat = tensor.detach().reshape(-1)
-        count = min(flat.numel(), _SAMPLES_PER_TENSOR)
+        count = flat.numel() if per_tensor is None else min(flat.numel(), per_tensor)
         picks = torch.arange(count) * (flat.numel() - 1) // max(count - 1, 1)  # integers: exact at any size
         digest.update(name.encode())
         digest.update(flat[picks.to(flat.device)].double().cpu().numpy().tobytes())

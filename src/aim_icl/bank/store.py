@@ -12,7 +12,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +20,14 @@ import numpy as np
 import torch
 
 from aim_icl.bank.fingerprint import fingerprint_mismatch
+from aim_icl.core.demo import DemoStates
+from aim_icl.core.dtypes import STORED_DTYPES, dtype_name, torch_dtype
 from aim_icl.errors import AIMError
 
 FORMAT_VERSION = 1
 # each tensor is stored as three columns: <name> (raw bytes), <name>_dtype, <name>_shape (JSON list)
 TENSORS = ("token_ids", "hidden", "image_emb", "text_emb")
 COLUMNS = ("key", "text", "metadata", *(f"{t}{s}" for t in TENSORS for s in ("", "_dtype", "_shape")))
-DTYPES = {
-    str(dtype).removeprefix("torch."): dtype
-    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.int64, torch.int32)
-}
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS demos (key TEXT PRIMARY KEY, text TEXT NOT NULL, metadata TEXT NOT NULL, "
@@ -40,15 +38,15 @@ _SCHEMA = (
 
 @dataclass
 class Row:
-    """One stored demonstration; tensors on the CPU."""
+    """One stored demonstration: its states (content key included) and the vectors selection compares; on the CPU."""
 
-    key: str
-    text: str
-    token_ids: torch.Tensor  # (n,) int64
-    hidden: torch.Tensor  # (n, hidden), the bank's dtype
+    states: DemoStates  # hidden (n, hidden) in the bank's dtype, token_ids (n,) int64, text, metadata, key
     image_emb: torch.Tensor | None = None  # (embed,) float32: pooled vision-tower features
     text_emb: torch.Tensor | None = None  # (embed,) float32: mean input embedding of the text tokens
-    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.states.key
 
 
 class BankStore:
@@ -240,18 +238,23 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _encode(row: Row) -> tuple:
-    packed = [_pack(getattr(row, name)) for name in TENSORS]  # token_ids: int64, as `summary` counts them
+    states = row.states
+    tensors = (states.token_ids, states.hidden, row.image_emb, row.text_emb)  # in TENSORS order
+    packed = [_pack(t) for t in tensors]  # token_ids: int64, as `summary` counts them
     try:
-        metadata = json.dumps(row.metadata, sort_keys=True, ensure_ascii=False)
+        metadata = json.dumps(states.metadata, sort_keys=True, ensure_ascii=False)
     except (TypeError, ValueError) as err:
-        raise AIMError(f"metadata of demo {row.text[:40]!r} is not JSON-serialisable: {err}") from None
-    return (row.key, row.text, metadata, *(value for triple in packed for value in triple))
+        raise AIMError(f"metadata of demo {states.text[:40]!r} is not JSON-serialisable: {err}") from None
+    return (states.key, states.text, metadata, *(value for triple in packed for value in triple))
 
 
 def _decode(record: tuple) -> Row:
     key, text, metadata = record[:3]
-    tensors = {name: _unpack(key, *record[3 + 3 * i : 6 + 3 * i]) for i, name in enumerate(TENSORS)}
-    return Row(key=key, text=text, metadata=json.loads(metadata), **tensors)
+    token_ids, hidden, image_emb, text_emb = (
+        _unpack(key, *record[3 + 3 * i : 6 + 3 * i]) for i in range(len(TENSORS))
+    )
+    states = DemoStates(hidden, token_ids, text, json.loads(metadata), key)
+    return Row(states, image_emb, text_emb)
 
 
 def _pack(tensor: torch.Tensor | None) -> tuple[bytes | None, str | None, str | None]:
@@ -259,17 +262,17 @@ def _pack(tensor: torch.Tensor | None) -> tuple[bytes | None, str | None, str | 
         return None, None, None
     tensor = tensor.detach().cpu().contiguous()
     raw = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()  # via uint8: numpy has no bfloat16
-    return raw, str(tensor.dtype).removeprefix("torch."), json.dumps(list(tensor.shape))
+    return raw, dtype_name(tensor.dtype), json.dumps(list(tensor.shape))
 
 
 def _unpack(key: str, raw: bytes | None, dtype: str | None, shape: str | None) -> torch.Tensor | None:
     if raw is None:
         return None
     dims = json.loads(shape)
-    torch_dtype = DTYPES.get(dtype)
-    if torch_dtype is None or len(raw) != math.prod(dims) * torch_dtype.itemsize:
+    stored = torch_dtype(dtype, STORED_DTYPES) if dtype in STORED_DTYPES else None
+    if stored is None or len(raw) != math.prod(dims) * stored.itemsize:
         raise AIMError(
             f"bank row {key[:12]} is corrupt ({dtype}, shape {dims}, {len(raw)} bytes); rebuild it"
         )
     data = torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).copy())
-    return data.view(torch_dtype).reshape(dims)
+    return data.view(stored).reshape(dims)

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 from aim_icl.commands._model import add_model_arguments, load_aim
+from aim_icl.core.dtypes import FLOAT_DTYPES as DTYPES
 from aim_icl.errors import AIMError
 
-DTYPES = ("float16", "bfloat16", "float32")
 BUILD_DESCRIPTION = """Read every demo of a JSONL file through the frozen backbone once and store it in the bank.
 
 Each line: {"image": path (relative to the JSONL file), "text": ..., any other fields kept as metadata}.
@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     import torch
 
-    from aim_icl.bank.build import build_bank, process_state
+    from aim_icl.bank.build import build_bank
+    from aim_icl.core.placement import process_state
 
     if not Path(args.demos).is_file():  # fail before loading a model that may take minutes
         raise AIMError(f"demo file not found: {args.demos}")
@@ -101,7 +102,7 @@ def _info(args: argparse.Namespace) -> int:
         f"demos       {n} ({summary['with_image']} with an image embedding)",
         f"tokens      {summary['text_tokens']} ({summary['text_tokens'] / max(n, 1):.1f} per demo)",
         f"hidden      {', '.join(summary['hidden_dtypes']) or '-'}"
-        + (f", width {first.hidden.shape[-1]}" if first is not None else ""),
+        + (f", width {first.states.hidden.shape[-1]}" if first is not None else ""),
         f"backbone    {fp['model_type']} {fp['name_or_path'] or '(built in memory)'}, {fp['dtype']}, layer {fp['layer']}",
         f"config      {fp['config_hash'][:16]}   weights {fp['weights_hash'][:16]}",
         f"template    {json.dumps(fp['template'], ensure_ascii=False)}",
@@ -116,7 +117,7 @@ def _list(args: argparse.Namespace) -> int:
     with BankStore(args.bank) as store:
         rows = list(store.rows(limit=args.limit or None))
         total = len(store)
-    for row in rows:
+    for row in (r.states for r in rows):
         if args.json:
             print(
                 json.dumps({"key": row.key, "tokens": len(row.token_ids), "text": row.text, **row.metadata})

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from aim_icl.commands._model import add_model_arguments, fresh_projector, load_aim
+from aim_icl.core.dtypes import FLOAT_DTYPES
 from aim_icl.core.modes import MODES
 from aim_icl.errors import AIMError
 from aim_icl.eval.task import task_names
@@ -20,7 +21,7 @@ from aim_icl.eval.task import task_names
 logger = logging.getLogger(__name__)
 EXTRA = "eval"  # the optional extra this verb runs on (the CLI checks it first)
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", *FLOAT_DTYPES)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,8 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from aim_icl.core.placement import process_state
     from aim_icl.eval.report import markdown_table
-    from aim_icl.eval.runner import process_state, run_eval
+    from aim_icl.eval.runner import run_eval
     from aim_icl.eval.task import DataPaths, get_task
 
     if args.limit is not None and args.limit < 1:
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     paths = DataPaths(args.data_dir, args.image_root, _file_overrides(args.file))
     # read the data before the model, which can take minutes
     task = get_task(args.task).loaded(paths, args.eval_split)
-    state = process_state(cpu=not torch.cuda.is_available() or str(args.device).startswith("cpu"))
+    state = process_state(args.device)
     torch.manual_seed(args.seed)  # a fresh projector's initialisation, identical in every process
     aim = load_aim(args.model, args.projector, device=args.device or state.device, dtype=args.dtype)
     fit = fresh_projector(args.model, args.projector) and "aim" in args.modes and any(args.shots)

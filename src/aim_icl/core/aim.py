@@ -6,6 +6,7 @@ import inspect
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from aim_icl.core.backbone import Backbone, resolve_backbone
-from aim_icl.core.demo import Demo, DemoStates, load_image
+from aim_icl.core.demo import Demo, DemoStates, Query, load_image
 from aim_icl.core.loading import load_model, load_processor
 from aim_icl.core.modes import MODES
 from aim_icl.core.projector import ProjectorConfig, build_projector, load_projector, save_projector
@@ -23,6 +24,8 @@ from aim_icl.errors import AIMError
 
 logger = logging.getLogger(__name__)
 
+# a copy map fitted on fewer token positions per hidden unit overfits (its held-out error still falls up to here)
+POSITIONS_PER_UNIT = 4
 DemoLike = Demo | DemoStates | torch.Tensor
 
 
@@ -62,8 +65,14 @@ class AIM:
     def from_pretrained(
         cls, model_id_or_dir: str | Path, projector: str | Path | None = None, **hf_kwargs
     ) -> AIM:
-        """Load model and processor from a hub id or directory (`hf_kwargs` go to the model), then wrap them."""
-        aim_kwargs = {k: hf_kwargs.pop(k) for k in ("template", "layer") if k in hf_kwargs}
+        """Load model and processor from a hub id or directory, then wrap them.
+
+        `projector`: a directory written by `save_projector` (None: a fresh one). The keyword arguments
+        `template`, `layer`, `projector_name` and `projector_options` are `AIM`'s own; every other keyword goes to
+        `AutoModelForImageTextToText.from_pretrained` (e.g. `dtype`, `device_map`).
+        """
+        own = ("template", "layer", "projector_name", "projector_options")
+        aim_kwargs = {k: hf_kwargs.pop(k) for k in own if k in hf_kwargs}
         model = load_model(model_id_or_dir, **hf_kwargs)
         return cls(model, load_processor(model_id_or_dir), projector=projector, **aim_kwargs)
 
@@ -98,15 +107,39 @@ class AIM:
     ) -> torch.Tensor | list[torch.Tensor]:
         """Fused virtual tokens of one demo, (n_text_tokens, embed), or of a list of demos (batched reading)."""
         single = isinstance(demo, Demo)
-        states = self.encode([demo] if single else list(demo), batch_size=batch_size)
-        fused = [self.project(s.hidden) for s in states]
+        fused = self.fuse([demo] if single else list(demo), batch_size=batch_size)
         return fused[0] if single else fused
 
-    def project(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Apply the projector to cached hidden states (carries gradients while the projector trains)."""
+    def project(self, hidden: torch.Tensor, projector: nn.Module | None = None) -> torch.Tensor:
+        """Apply the projector to cached hidden states (carries gradients while the projector trains).
+
+        `projector`: the module to apply instead of `self.projector` (a training wrapper around it, e.g. DDP).
+        """
         self._warn_if_unfitted()
-        p = next(self.projector.parameters())
-        return self.projector(hidden.to(p.device, p.dtype)).to(self.backbone.dtype)
+        projector = projector or self.projector
+        p = next(projector.parameters())
+        return projector(hidden.to(p.device, p.dtype)).to(self.backbone.dtype)
+
+    def fuse(
+        self, demos: Sequence[DemoLike], batch_size: int = 8, projector: nn.Module | None = None
+    ) -> list[torch.Tensor]:
+        """Every demo as its fused tokens, each (n_tokens, embed), in order.
+
+        Fresh `Demo`s are read in one batched pass, every `DemoStates` (fresh or cached) goes through the projector
+        in one call, fused tensors pass as they are. `projector` as in `project`.
+        """
+        fresh = iter(self.encode([d for d in demos if isinstance(d, Demo)], batch_size=batch_size))
+        items = [next(fresh) if isinstance(d, Demo) else d for d in demos]
+        states = [d for d in items if isinstance(d, DemoStates)]
+        if states:
+            p = next((projector or self.projector).parameters())
+            hidden = torch.cat([s.hidden.to(p.device, p.dtype) for s in states])  # (sum n_i, hidden)
+            projected = iter(self.project(hidden, projector).split([len(s.hidden) for s in states]))
+            items = [next(projected) if isinstance(d, DemoStates) else d for d in items]
+        for item in items:
+            if not isinstance(item, torch.Tensor):
+                raise AIMError(f"demos must be Demo, DemoStates or fused tensors, not {type(item).__name__}")
+        return items
 
     @torch.no_grad()
     def fit_projector(
@@ -120,6 +153,14 @@ class AIM:
         states += self.encode(read, batch_size=batch_size, progress=len(read) > 4 * batch_size)
         hidden = torch.cat([s.hidden.to(self.backbone.device) for s in states]).float()
         embeds = torch.cat([self.backbone.embed(s.token_ids) for s in states]).float()
+        if len(hidden) < POSITIONS_PER_UNIT * self.backbone.hidden_size:
+            logger.warning(
+                "fitting the copy map on %d token positions for %d hidden units: it will fit these demos but "
+                "generalise poorly to others; fit on demos with at least %d text tokens in all",
+                len(hidden),
+                self.backbone.hidden_size,
+                POSITIONS_PER_UNIT * self.backbone.hidden_size,
+            )
         self.projector.fit_copy(hidden, embeds, ridge=ridge)
 
     # -- building prompts -------------------------------------------------------------------------------------
@@ -133,31 +174,28 @@ class AIM:
         `text`: the demos' text tokens; `icl`: every demo image and text; `zero`: no demos.
         With `target`, its tokens (+ EOS) follow the prompt and `labels` mark them alone.
         """
-        return self.build_batch([(image, text, list(demos), target)], mode=mode)
+        return self.build_batch([Query(image, text, list(demos), target)], mode=mode)
 
     def build_batch(
-        self, queries: Sequence[tuple], mode: str = "aim", eos: bool = True
+        self, queries: Sequence[Query], mode: str = "aim", eos: bool = True
     ) -> dict[str, torch.Tensor]:
-        """Batched `build_inputs`: `queries` holds `(image, text, demos, target_or_None)` tuples.
+        """Batched `build_inputs`, one row per `Query` (right-padded).
 
         Targets end with EOS unless `eos` is False (scoring candidate answers).
         """
         if mode not in MODES:
             raise AIMError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-        if mode == "aim":  # read every fresh demo of the batch in one batched pass
-            fresh = iter(self.encode([d for q in queries for d in q[2] if isinstance(d, Demo)]))
-            queries = [
-                (i, t, [next(fresh) if isinstance(d, Demo) else d for d in ds], g) for i, t, ds, g in queries
-            ]
+        if mode == "aim":  # every demo of the batch fused at once: one reading pass, one projector call
+            fused = iter(self.fuse([d for q in queries for d in q.demos]))
+            queries = [replace(q, demos=[next(fused) for _ in q.demos]) for q in queries]
         prompts, targets = [], []
-        for image, text, demos, target in queries:
-            if mode == "zero" and demos:
+        for query in queries:
+            if mode == "zero" and query.demos:
                 raise AIMError("mode 'zero' takes no demos; pass demos=[] or use mode 'text', 'icl' or 'aim'")
-            query_image = None if image is None else load_image(image)
-            prompts.append(
-                query_parts(self.template, query_image, text, [self._demo_parts(d, mode) for d in demos])
-            )
-            targets.append(None if target is None else self._target_ids(text, target, eos))
+            image = None if query.image is None else load_image(query.image)
+            demos = [self._demo_parts(d, mode) for d in query.demos]
+            prompts.append(query_parts(self.template, image, query.text, demos))
+            targets.append(None if query.target is None else self._target_ids(query.text, query.target, eos))
         if any(t is not None for t in targets) and not all(t is not None for t in targets):
             raise AIMError("give every query in a batch a target, or none")
         encoded = self.encoder.encode(prompts, targets if targets[0] is not None else None)
@@ -184,8 +222,8 @@ class AIM:
 
         For closed answer sets (classification, ROC-AUC from yes/no scores); demos are read once for all candidates.
         """
-        demos = list(demos)
-        inputs = self.build_batch([(image, text, demos, c) for c in candidates], mode=mode, eos=False)
+        demos = self.fuse(list(demos)) if mode == "aim" else list(demos)
+        inputs = self.build_batch([Query(image, text, demos, c) for c in candidates], mode=mode, eos=False)
         logits = self.forward(inputs).logits[:, :-1].float()  # (B, T-1, vocab): position t predicts token t+1
         labels = inputs["labels"][:, 1:]
         mask = labels != -100
@@ -233,14 +271,10 @@ class AIM:
                     f"a fused demo must be (n_tokens, {self.backbone.embed_size}), got {tuple(demo.shape)}"
                 )
             return [Slots(torch.full((len(demo),), self.encoder.placeholder_id), demo)]
-        if isinstance(demo, DemoStates):
+        if isinstance(demo, DemoStates):  # in `aim` mode states arrive fused
             if mode == "icl":
                 raise AIMError("cached demo states hold no image; mode 'icl' needs Demo objects")
-            if mode == "text":
-                return [Slots(demo.token_ids)]
-            return [
-                Slots(torch.full_like(demo.token_ids, self.encoder.placeholder_id), self.project(demo.hidden))
-            ]
+            return [Slots(demo.token_ids)]
         if not isinstance(demo, Demo):
             raise AIMError(f"demos must be Demo, DemoStates or fused tensors, not {type(demo).__name__}")
         ids = Slots(self.encoder.text_ids(demo.text))

@@ -1,8 +1,9 @@
-"""Demonstrations, their cached form, and image loading with the documented conversions."""
+"""Demonstrations, their cached form, queries, and image loading with the documented conversions."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,13 +34,29 @@ class DemoStates:
 
     This is what the Demonstration Bank stores; the projector is applied when a prompt is built, so a cache stays
     valid when the projector is retrained. `token_ids` lets the same item serve `text` mode too; `metadata`
-    carries the demo's user metadata (id, label, source) through caches and selection.
+    carries the demo's user metadata (id, label, source) through caches and selection; `key` is the demo's
+    content key where a bank or cache stored it ("" for a fresh reading).
     """
 
     hidden: torch.Tensor  # (n_text_tokens, hidden)
     token_ids: torch.Tensor  # (n_text_tokens,)
     text: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+
+
+@dataclass
+class Query:
+    """One prompt to build: the query image (None: text only) and text, its demos, and the answer to train on.
+
+    `demos` may mix `Demo`, `DemoStates` and fused tensors (n_tokens, embed) (the last two in `aim` mode);
+    with `target`, its tokens follow the prompt and carry the loss (`labels`).
+    """
+
+    image: ImageLike | None
+    text: str
+    demos: Sequence[Demo | DemoStates | torch.Tensor] = ()
+    target: str | None = None
 
 
 def load_image(image: ImageLike) -> Image.Image:

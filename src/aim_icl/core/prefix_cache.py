@@ -3,19 +3,20 @@
 The prompt is `[template prefix] demo_1 sep ... demo_k sep [query image] query [suffix]`: everything before the query
 image is the same for every query. Its key/value cache is computed once and each query runs only its own tokens.
 
-How (transformers 5.x, DESIGN.md §3): `generate` gets the query's FULL-length inputs (`input_ids`, `inputs_embeds`,
+How (transformers 5.x): `generate` gets the query's FULL-length inputs (`input_ids`, `inputs_embeds`,
 `pixel_values`, per-token type ids) plus a copy of the prefix cache, and skips what is cached; image merging and
-M-RoPE work as in the uncached path. Greedy outputs equal `aim.generate`'s.
+M-RoPE work as in the uncached path (suffix-only `inputs_embeds` would break image merging). Outputs equal
+`aim.generate`'s.
 
 Exactness is checked per query, never assumed: a query reuses only the leading positions where its every per-token
 input (ids, fused vectors, masks, type ids) equals the cached prefix's. Tokenizers may merge the last separator with
 the image marker's text (Gemma 3's "\\n" + "\\n\\n" is one token), so the cached length is learned from the first
 query, and shrinks (the cache is rebuilt) if a later query shares less.
 
-What it saves: the prefix's positions per query. What it costs: once a cache offset exists, transformers attends
-with an explicit mask instead of SDPA's causal fast path; on CPU that attention is 2-3x slower. When the query image
-dominates the prompt (LLaVA-Next: 2,928 of ~3,200 tokens at k = 16) and the model is narrow, that can outweigh the
-saving: `benchmarks/efficiency.py` measures both.
+What it saves: the prefix's positions per query. Once a cache offset exists, transformers attends with an
+explicit mask instead of SDPA's causal fast path, and on CPU that kernel is 2-3x slower; so the cached calls run
+the language model with `core.prefix_attention`, which attends to the cached prefix and to the new positions
+apart (both maskless) and merges them exactly. `benchmarks/efficiency.py` measures the result.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Iterable
 import torch
 
 from aim_icl.core.aim import AIM, DemoLike
-from aim_icl.core.demo import Demo
+from aim_icl.core.prefix_attention import split_prefix_attention
 from aim_icl.core.prompt import query_parts
 from aim_icl.errors import AIMError
 
@@ -59,7 +60,10 @@ class PrefixCache:
             raise AIMError("mode 'zero' takes no demos; pass demos=[] or use mode 'text' or 'aim'")
         self.aim = aim
         self.mode = mode
-        self.demos = _fused(aim, demos, batch_size) if mode == "aim" else demos
+        if mode == "aim":  # read and projected once, here
+            with torch.no_grad():
+                demos = aim.fuse(demos, batch_size=batch_size)
+        self.demos = demos
         # the cached prefix: its per-token inputs, (1, P) or (1, P, embed), and the model's KV cache over them
         self._prefix: dict[str, torch.Tensor] | None = None
         self._cache = None
@@ -81,10 +85,11 @@ class PrefixCache:
         shared = self._shared_length(inputs)
         if self._prefix is None or shared < self.length:
             self._build(inputs, shared)
-        if self._cache is not None:
-            # a copy: generate extends the cache in place
-            kwargs[_cache_argument(self.aim.model)] = copy.deepcopy(self._cache)
-        return self.aim.generate_from(inputs, max_new_tokens, **kwargs)
+        if self._cache is None:
+            return self.aim.generate_from(inputs, max_new_tokens, **kwargs)
+        kwargs[_cache_argument(self.aim.model)] = copy.deepcopy(self._cache)  # generate extends it in place
+        with split_prefix_attention(self.aim.model):
+            return self.aim.generate_from(inputs, max_new_tokens, **kwargs)
 
     # -- internals ----------------------------------------------------------------------------------------------
 
@@ -134,13 +139,6 @@ class PrefixCache:
         )
         out = self.aim.model(**prefix, use_cache=True, logits_to_keep=1)
         return out.cache if hasattr(out, "cache") else out.past_key_values
-
-
-def _fused(aim: AIM, demos: list[DemoLike], batch_size: int) -> list[torch.Tensor]:
-    """Every demo as its fused tokens, read (one batched pass over fresh demos) and projected once."""
-    fresh = iter(aim.encode([d for d in demos if isinstance(d, Demo)], batch_size=batch_size))
-    states = [next(fresh) if isinstance(d, Demo) else d for d in demos]
-    return [d if isinstance(d, torch.Tensor) else aim.project(d.hidden).detach() for d in states]
 
 
 def _is_per_token(value: torch.Tensor, input_ids: torch.Tensor) -> bool:

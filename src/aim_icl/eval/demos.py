@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aim_icl.bank.cache import MEMORY, StatesCache
 from aim_icl.core.aim import AIM
 from aim_icl.core.demo import Demo, DemoStates
 from aim_icl.eval.memory import synchronize
@@ -35,7 +36,8 @@ def open_pool_bank(path: str | Path, aim: AIM, task: Task, pool: list[Item], sta
 
 
 class DemoSource:
-    """`text`/`icl` modes get `Demo` objects; `aim` gets cached `DemoStates` (pre-projector), keyed by pool index.
+    """`text`/`icl` modes get `Demo` objects; `aim` gets cached `DemoStates` (pre-projector) from a `StatesCache`:
+    the pool bank's when there is one (keyed by content), else one in memory keyed by pool index.
 
     States are kept on the CPU, so GPU peak memory measures the prompts, not the cache; `encode_seconds` is the
     time spent reading demos, reported apart from per-query latency.
@@ -44,9 +46,11 @@ class DemoSource:
     def __init__(
         self, aim: AIM, task: Task, pool: list[Item], bank: PoolBank | None = None, batch_size: int = 8
     ):
-        self.aim, self.task, self.pool, self.batch_size = aim, task, pool, batch_size
-        self.bank = bank
-        self._states: dict[int, DemoStates] = {}
+        self.aim, self.task, self.pool = aim, task, pool
+        store = MEMORY if bank is None else bank.bank
+        self.cache = StatesCache(aim, store, batch_size=batch_size, remember=True)
+        self._keys = list(range(len(pool))) if bank is None else bank.keys  # pool index -> cache key
+        self._index = {key: i for i, key in enumerate(self._keys)}
         self.encode_seconds = 0.0
 
     def demos(self, indices: list[int], mode: str) -> list[Demo | DemoStates]:
@@ -55,20 +59,12 @@ class DemoSource:
         return [self.task.demo(self.pool[i]) for i in indices]
 
     def states(self, indices: list[int]) -> list[DemoStates]:
-        missing = [i for i in dict.fromkeys(indices) if i not in self._states]
-        if missing and self.bank is not None:
-            self._states.update((i, self.bank.bank.get(self.bank.keys[i])) for i in missing)
-        elif missing:
-            start = time.perf_counter()
-            read = self.aim.encode(
-                [self.task.demo(self.pool[i]) for i in missing], batch_size=self.batch_size
-            )
-            for i, state in zip(missing, read):
-                self._states[i] = DemoStates(state.hidden.cpu(), state.token_ids.cpu(), state.text)
+        start, read = time.perf_counter(), self.cache.read
+        states = self.cache.states_by_key([self._keys[i] for i in indices], self._demo)
+        if self.cache.read > read:  # demos were read through the backbone: not part of any query's latency
             synchronize(self.aim.backbone.device)
             self.encode_seconds += time.perf_counter() - start
-        return [self._states[i] for i in indices]
+        return states
 
-    @property
-    def n_read(self) -> int:
-        return len(self._states)
+    def _demo(self, key) -> Demo:
+        return self.task.demo(self.pool[self._index[key]])

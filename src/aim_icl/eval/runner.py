@@ -8,7 +8,6 @@ are computed from all files, so they equal a single-process run's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -19,7 +18,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from aim_icl.bank.fingerprint import weights_hash
 from aim_icl.core.aim import AIM, MODES
+from aim_icl.core.placement import process_state
 from aim_icl.errors import AIMError
 from aim_icl.eval.aggregate import rows_from_records
 from aim_icl.eval.demos import DemoSource, open_pool_bank
@@ -79,7 +80,7 @@ def run_eval(
         pool = support_pool(queries, max_shots)
     else:
         pool = demo_pool(task, pool_size, seed, max_shots)
-    state = process_state(aim.backbone.device.type == "cpu")
+    state = process_state(aim.backbone.device.type)
     directory = None if output_dir is None else Path(output_dir)
     store = PredictionStore(directory, state.process_index, state.num_processes)
     if directory is not None:
@@ -106,16 +107,6 @@ def run_eval(
         write_report(rows, directory)
     state.wait_for_everyone()
     return rows
-
-
-def process_state(cpu: bool):
-    """accelerate's process state (rank, world size, barrier); created on first call, shared afterwards.
-
-    With `cpu`, processes started by `accelerate launch --multi_gpu` or `torchrun` form one CPU (gloo) group.
-    """
-    from accelerate import PartialState
-
-    return PartialState(cpu=cpu)
 
 
 @dataclass
@@ -215,11 +206,7 @@ def run_config(
 
 
 def projector_fingerprint(aim: AIM) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(aim.projector.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
+    return weights_hash(aim.projector, per_tensor=None)  # every value: any trained change must show
 
 
 def check_run_config(directory: Path, config: dict, state) -> None:

@@ -1,11 +1,11 @@
-"""Documents as training sees them: ordered (image, matched text) pairs, plus counters of what was skipped."""
+"""Documents as training sees them: ordered (image, matched text) pairs as `Demo`s, plus counters of what was skipped."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
 
-from PIL import Image
+from aim_icl.core.demo import Demo
 
 
 class SkipItem(Exception):  # noqa: N818 - a signal, not an error: the item is counted and training goes on
@@ -17,15 +17,9 @@ class SkipItem(Exception):  # noqa: N818 - a signal, not an error: the item is c
 
 
 @dataclass
-class Pair:
-    image: Image.Image  # decoded, 8-bit RGB
-    text: str  # the text matched to the image, already cut to the token budget
-
-
-@dataclass
 class Document:
     where: str  # "file:record" for messages
-    pairs: list[Pair]
+    pairs: list[Demo]  # images decoded to 8-bit RGB; texts matched to them, cut to the token budget
 
 
 class Skips(Counter):

@@ -2,7 +2,8 @@
 
 A reader does two cheap-to-separate jobs: `records(path)` yields a file's raw records in order without decoding
 them (so a resumed run can fast-forward), and `parse(record)` turns one record into the document's
-(image value, matched text) pairs in document order. Images are opened later, by `documents_from`.
+(image value, matched text) pairs in document order. Images are opened later, by the sample stream
+(`SampleStream._document`, through `images.open_image`), so a skipped record costs no image decoding.
 
 - `obelics`: JSONL (optionally .gz) or Parquet rows with aligned lists `images` / `texts`, one of each position null.
   An image is paired with the texts that follow it up to the next image (joined by a space); text before the first

@@ -18,9 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from PIL import Image
-
-from aim_icl.core.demo import Demo
+from aim_icl.core.demo import Query
 from aim_icl.train.documents import Document
 
 TARGETS = ("random", "last")
@@ -38,15 +36,7 @@ class SampleRules:
     demos: str = "window"  # one of DEMOS
 
 
-@dataclass
-class Sample:
-    demos: list[Demo]  # k >= 1 earlier pairs, in document order
-    image: Image.Image  # the target pair's real image
-    prompt: str
-    target: str  # the target pair's text: the only tokens with a loss
-
-
-def document_samples(doc: Document, rng: random.Random, rule: SampleRules) -> list[Sample]:
+def document_samples(doc: Document, rng: random.Random, rule: SampleRules) -> list[Query]:
     """Up to `rule.samples_per_document` samples with distinct targets (in document order); [] when the document
     is too short."""
     n, count = len(doc.pairs), rule.samples_per_document
@@ -60,8 +50,8 @@ def document_samples(doc: Document, rng: random.Random, rule: SampleRules) -> li
     for t in targets:
         most = min(rule.max_shots, t)
         k = most if rule.demos == "all" else rng.randint(rule.min_shots, most)
-        demos = [Demo(p.image, p.text) for p in doc.pairs[t - k : t]]
-        samples.append(Sample(demos, doc.pairs[t].image, rule.prompt, doc.pairs[t].text))
+        # the query: the target pair's image, the prompt, k earlier pairs as demos; the loss on the pair's text
+        samples.append(Query(doc.pairs[t].image, rule.prompt, doc.pairs[t - k : t], doc.pairs[t].text))
     return samples
 
 

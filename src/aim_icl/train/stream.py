@@ -14,11 +14,12 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from aim_icl.core.demo import Demo, Query
 from aim_icl.errors import AIMError
-from aim_icl.train.documents import Document, Pair, SkipItem, Skips
+from aim_icl.train.documents import Document, SkipItem, Skips
 from aim_icl.train.images import open_image
 from aim_icl.train.readers import CorpusReader, ReaderOptions
-from aim_icl.train.samples import Sample, SampleRules, TextBudget, document_samples
+from aim_icl.train.samples import SampleRules, TextBudget, document_samples
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class SampleStream:
         self.skips = Skips()
         self.documents = 0  # documents this process parsed into at least one sample
 
-    def __iter__(self) -> Iterator[tuple[Sample, Position]]:
+    def __iter__(self) -> Iterator[tuple[Query, Position]]:
         """(sample, position after it); starts at `self.position`."""
         start = self.position
         for epoch in itertools.count(start.epoch):
@@ -94,7 +95,7 @@ class SampleStream:
                 if doc is not None:
                     yield doc
 
-    def _file_samples(self, epoch: int, file_index: int, first: int) -> Iterator[tuple[int, list[Sample]]]:
+    def _file_samples(self, epoch: int, file_index: int, first: int) -> Iterator[tuple[int, list[Query]]]:
         for record, raw in self._records(file_index, first, True, self.skips):
             doc = self._document(file_index, record, raw, self.skips)
             if doc is None:
@@ -134,7 +135,7 @@ class SampleStream:
                 skips["empty text"] += 1
                 continue
             try:
-                pairs.append(Pair(open_image(image, self.options.image_root), text))
+                pairs.append(Demo(open_image(image, self.options.image_root), text))
             except SkipItem as skip:
                 skips[skip.reason] += 1
         return Document(where, pairs)

@@ -1,10 +1,11 @@
 """Training the AIM projector on interleaved image-text documents: setup / train / save_checkpoint / cleanup.
 
-One optimizer step, per process: draw `batch_size` samples (k demo pairs + a target pair each); get the demos'
-pre-projector hidden states (read through the frozen backbone, or from the cache); project every demo token of
-the batch in one call of the (DDP-wrapped) projector; build the batch with those fused tensors as the demos and the
-target pair's image and text; the loss is the LM loss on the target text only. It flows back through the frozen LM
-into the projector, the only module with `requires_grad`. The same code runs on CPU, one GPU or many (accelerate).
+One optimizer step, per process: draw `batch_size` samples (`Query`s: k demo pairs + a target pair each); get the
+demos' pre-projector hidden states (read through the frozen backbone, or from the cache); project every demo token
+of the batch in one call of the (DDP-wrapped) projector (`aim.fuse`); build the batch with those fused tensors as
+the demos and the target pair's image and text; the loss is the LM loss on the target text only. It flows back
+through the frozen LM into the projector, the only module with `requires_grad`. The same code runs on CPU, one
+GPU or many (accelerate).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -22,21 +23,21 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import gather_object, set_seed
 
+from aim_icl.bank.cache import open_states_cache
 from aim_icl.core.aim import AIM
-from aim_icl.core.demo import Demo
+from aim_icl.core.demo import Demo, Query
+from aim_icl.core.dtypes import torch_dtype
 from aim_icl.core.loading import load_model, load_processor
+from aim_icl.core.placement import use_cpu
 from aim_icl.core.projector import CONFIG_NAME, save_projector
 from aim_icl.errors import AIMError
 from aim_icl.train import checkpoint as ckpt
-from aim_icl.train.cache import open_states_source
 from aim_icl.train.config import TrainConfig, save_config
 from aim_icl.train.documents import Skips
 from aim_icl.train.progress import MetricsLog, Throughput, TrainSummary, progress_bar
 from aim_icl.train.readers import READERS, ReaderOptions, expand_sources
-from aim_icl.train.samples import Sample, TextBudget
+from aim_icl.train.samples import TextBudget
 from aim_icl.train.stream import Position, SampleRules, SampleStream
-
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def train(config: TrainConfig, aim: AIM | None = None) -> TrainSummary:
@@ -62,7 +63,7 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.config
         self.accelerator = Accelerator(
-            cpu=cfg.cpu or not _has_accelerator(),  # accelerate sets up multi-process CPU runs only when told
+            cpu=use_cpu(requested=cfg.cpu),  # accelerate sets up multi-process CPU runs only when told
             mixed_precision=_mixed_precision(cfg.mixed_precision),
             log_with=_trackers(cfg.log_with),
             project_dir=str(self.output),
@@ -74,8 +75,8 @@ class Trainer:
         self.aim = self.aim or self._load_aim()
         self._place_backbone()
         self.stream = self._build_stream(reader, files)
-        dtype = DTYPES[cfg.cache_dtype]
-        self.states = open_states_source(self.aim, cfg.cache, dtype, cfg.encode_batch_size)
+        dtype = torch_dtype(cfg.cache_dtype)
+        self.states = open_states_cache(self.aim, cfg.cache, dtype, cfg.encode_batch_size)
         if resume is None and not bool(getattr(self.aim.projector, "fitted", True)):
             self._fit_copy_map()
         if cfg.gradient_checkpointing:
@@ -111,7 +112,7 @@ class Trainer:
 
     def _backbone_dtype(self) -> torch.dtype:
         if self.config.backbone_dtype != "auto":
-            return DTYPES[self.config.backbone_dtype]
+            return torch_dtype(self.config.backbone_dtype)
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
             self.accelerator.mixed_precision, torch.float32
         )
@@ -137,7 +138,7 @@ class Trainer:
         """Fit the fresh residual projector's copy map on the corpus's first demos (the same on every process)."""
         demos: list[Demo] = []
         for doc in self.stream.documents_of(rank_only=False):
-            demos += [Demo(p.image, p.text) for p in doc.pairs][: self.config.fit_demos - len(demos)]
+            demos += doc.pairs[: self.config.fit_demos - len(demos)]
             if len(demos) >= self.config.fit_demos:
                 break
         if not demos:
@@ -231,19 +232,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return total
 
-    def _loss(self, samples: list[Sample]) -> torch.Tensor:
-        aim = self.aim
+    def _loss(self, samples: list[Query]) -> torch.Tensor:
         states = self.states.states([d for s in samples for d in s.demos])  # no grad: frozen backbone
-        hidden = torch.cat([s.hidden for s in states]).to(aim.backbone.device, torch.float32)  # (N, hidden)
-        fused = self.projector(hidden).to(aim.backbone.dtype)  # (N, embed): every demo token of the batch
-        pieces = iter(fused.split([len(s.hidden) for s in states]))
-        queries = [(s.image, s.prompt, [next(pieces) for _ in s.demos], s.target) for s in samples]
+        fused = iter(self.aim.fuse(states, projector=self.projector))  # one projector call for the batch
+        queries = [replace(s, demos=[next(fused) for _ in s.demos]) for s in samples]
         inputs = self._build(queries)
         if inputs is None:  # nothing buildable: a zero loss that still touches every parameter (DDP)
             return sum(p.sum() for p in self.projector.parameters()) * 0.0
-        return aim.forward(inputs).loss
+        return self.aim.forward(inputs).loss
 
-    def _build(self, queries: list[tuple]) -> dict | None:
+    def _build(self, queries: list[Query]) -> dict | None:
         """The batch's model inputs; a query the processor or context refuses is dropped and counted."""
         try:
             return self.aim.build_batch(queries, mode="aim")
@@ -328,9 +326,8 @@ class Trainer:
         accelerator = getattr(self, "accelerator", None)
         if accelerator is not None and accelerator.log_with:
             accelerator.end_training()
-        bank = getattr(getattr(self, "states", None), "bank", None)
-        if bank is not None:
-            bank.close()
+        if hasattr(self, "states"):
+            self.states.close()
         # accelerate keeps its settings (mixed precision, ...) process-wide and refuses different ones later:
         # forget them, so another run in this process may choose its own (the process group itself stays)
         AcceleratorState._reset_state()
@@ -365,7 +362,7 @@ def _batches(samples, size: int):
         yield batch, position
 
 
-def _buildable(aim: AIM, query: tuple) -> bool:
+def _buildable(aim: AIM, query: Query) -> bool:
     try:
         aim.build_batch([query], mode="aim")
         return True
@@ -384,11 +381,6 @@ def _schedule(cfg: TrainConfig):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
-
-
-def _has_accelerator() -> bool:
-    probe = getattr(torch, "accelerator", None)  # torch >= 2.6: any device type
-    return probe.is_available() if probe is not None else torch.cuda.is_available()
 
 
 def _mixed_precision(setting: str) -> str | None:
