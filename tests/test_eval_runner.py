@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import RESULT_ROW_FIELDS
 
 from aim_icl import AIMError
 from aim_icl.core.placement import process_state
+from aim_icl.eval import answer as answering
 from aim_icl.eval import runner
 from aim_icl.eval.demos import open_pool_bank
+from aim_icl.eval.items import Item
+from aim_icl.eval.metrics import exact_match
 from aim_icl.eval.runner import run_eval
 from aim_icl.eval.selection import draw_pool, similarity_selection
-from aim_icl.eval.task import Item, Task
+from aim_icl.eval.task import Task
 from aim_icl.testing.tiny import tiny_image
 
 
@@ -27,24 +31,43 @@ def toy_task(n_train: int = 8, n_test: int = 4) -> Task:
     return task.with_items(items[:n_train], items[n_train:])
 
 
+def score_from_records(task: Task, directory, row: dict) -> float:
+    """A row's metric recomputed from its prediction records: the mean over trials of per-query hits."""
+    answers = {item.id: item.answers[0] for item in task.test}
+    records = [json.loads(line) for line in (directory / "predictions.jsonl").read_text().splitlines()]
+    per_trial = {}
+    for r in records:
+        if (r["mode"], r["shots"]) != (row["mode"], row["shots"]):
+            continue
+        if row["metric"] == "exact_match":
+            hit = exact_match(r["prediction"], answers[r["id"]])
+        else:  # likelihood_accuracy: the candidate scored highest
+            hit = float(task.candidates[max(range(2), key=lambda i: r["scores"][i])] == answers[r["id"]])
+        per_trial.setdefault(r["trial"], []).append(hit)
+    assert len(per_trial) == row["trials"]
+    return sum(sum(h) / len(h) for h in per_trial.values()) / len(per_trial)
+
+
 def values(rows):
     return {(r["mode"], r["shots"], r["metric"]): r["value"] for r in rows}
 
 
-def test_every_mode_end_to_end(llava, monkeypatch):
+def test_every_mode_end_to_end(llava, monkeypatch, tmp_path):
     read = []
     encode = llava.encode
     monkeypatch.setattr(
         llava, "encode", lambda demos, batch_size=8: read.extend(demos) or encode(demos, batch_size)
     )
-    rows = run_eval(llava, toy_task(n_test=3), shots=[0, 2], trials=2, progress=False)
+    task = toy_task(n_test=3)
+    rows = run_eval(llava, task, shots=[0, 2], trials=2, progress=False, output_dir=tmp_path)
 
     assert {(r["mode"], r["shots"]) for r in rows} == {("zero", 0), ("text", 2), ("icl", 2), ("aim", 2)}
     assert {r["metric"] for r in rows} == {"exact_match", "likelihood_accuracy"}
     for row in rows:
         assert set(row) >= RESULT_ROW_FIELDS
         assert row["trials"] == (1 if row["mode"] == "zero" else 2) and row["queries"] == 3
-        assert 0.0 <= row["value"] <= 1.0 and row["latency_ms"] > 0 and row["peak_memory_mb"] > 0
+        assert row["value"] == pytest.approx(score_from_records(task, tmp_path, row))
+        assert row["latency_ms"] > 0 and row["peak_memory_mb"] > 0
     tokens = {r["mode"]: r["prompt_tokens"] for r in rows}
     assert tokens["icl"] > tokens["aim"] == tokens["text"] > tokens["zero"]
     # aim mode read each pool demo through the backbone once, however many queries and trials used it
@@ -57,30 +80,33 @@ def test_zero_mode_only(llava):
     assert {(r["mode"], r["shots"], r["trials"]) for r in rows} == {("zero", 0, 1)}
 
 
-def test_resume_after_interruption_equals_an_uninterrupted_run(llava, tmp_path, monkeypatch):
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_resume_after_interruption_equals_an_uninterrupted_run(llava, tmp_path, monkeypatch, batch_size):
     options = {"shots": [2], "modes": ["aim"], "trials": 2, "progress": False, "limit": 3}
     full = run_eval(llava, toy_task(), output_dir=tmp_path / "full", **options)
 
     answered = []
-    answer = runner.answer_query
+    answer = runner.answer_batch
 
-    def interrupt_after_five(*args, **kwargs):
+    def interrupt_after_two(aim, task, asked, *args):
         if len(answered) == 2:
             raise KeyboardInterrupt
-        answered.append(args[2].id)
-        return answer(*args, **kwargs)
+        answered.extend(item.id for item, _ in asked)
+        return answer(aim, task, asked, *args)
 
-    monkeypatch.setattr(runner, "answer_query", interrupt_after_five)
+    monkeypatch.setattr(runner, "answer_batch", interrupt_after_two)
     with pytest.raises(KeyboardInterrupt):
-        run_eval(llava, toy_task(), output_dir=tmp_path / "run", **options)
+        run_eval(llava, toy_task(), output_dir=tmp_path / "run", batch_size=batch_size, **options)
     predictions = tmp_path / "run" / "predictions.jsonl"
     assert len(predictions.read_text().splitlines()) == 2  # every answer was on disk as soon as it was made
     with predictions.open("a") as f:
         f.write('{"mode": "aim", "shots": 2, "tr')  # a record cut short by the interruption
 
     answered.clear()
-    monkeypatch.setattr(runner, "answer_query", lambda *a, **k: answered.append(a[2].id) or answer(*a, **k))
-    resumed = run_eval(llava, toy_task(), output_dir=tmp_path / "run", **options)
+    monkeypatch.setattr(
+        runner, "answer_batch", lambda *a: answered.extend(item.id for item, _ in a[2]) or answer(*a)
+    )
+    resumed = run_eval(llava, toy_task(), output_dir=tmp_path / "run", batch_size=batch_size, **options)
     assert len(answered) == 2 * 3 - 2  # only the unfinished queries
     assert values(resumed) == values(full)
     assert json.loads((tmp_path / "run" / "results.json").read_text())[0]["value"] == full[0]["value"]
@@ -141,8 +167,8 @@ def test_items_with_their_own_demos_and_answer_sets(llava, monkeypatch):
     task = Task("own", "Question: {question} Answer:", ("likelihood_accuracy",), max_new_tokens=2)
     task = task.with_items([], [item(i) for i in range(3)])
     scored, read = [], []
-    score, encode = llava.score, llava.encode
-    monkeypatch.setattr(llava, "score", lambda *a, **k: scored.append(tuple(a[2])) or score(*a, **k))
+    score, encode = answering.candidate_inputs, llava.encode
+    monkeypatch.setattr(answering, "candidate_inputs", lambda *a: scored.append(tuple(a[3])) or score(*a))
     monkeypatch.setattr(
         llava, "encode", lambda demos, batch_size=8: read.extend(demos) or encode(demos, batch_size)
     )
@@ -162,8 +188,7 @@ def test_items_with_their_own_demos_and_answer_sets(llava, monkeypatch):
 def test_a_prompt_past_the_context_is_reported_as_not_fitting(llava, tmp_path, monkeypatch):
     """icl's prompt grows by an image per demo: past the model's context it is not run, and the row says so."""
     zero = run_eval(llava, toy_task(n_test=2), shots=[0], modes=["zero"], progress=False)[0]["prompt_tokens"]
-    context = llava.model.config.text_config
-    monkeypatch.setattr(context, "max_position_embeddings", int(zero) + 3 + 8)  # query + 8 answer tokens fit
+    monkeypatch.setattr(llava.backbone, "max_length", int(zero) + 3 + 8)  # the query + 8 answer tokens fit
     rows = run_eval(llava, toy_task(n_test=2), shots=[0, 2], progress=False, output_dir=tmp_path)
     fits = {(r["mode"], r["shots"]): r["fits"] for r in rows}
     assert fits == {("zero", 0): True, ("text", 2): False, ("icl", 2): False, ("aim", 2): False}
@@ -171,3 +196,47 @@ def test_a_prompt_past_the_context_is_reported_as_not_fitting(llava, tmp_path, m
     assert icl["value"] != icl["value"] and icl["prompt_tokens"] > zero  # NaN score, the real prompt length
     assert "does not fit" in (tmp_path / "results.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text())[-1]["value"] is None  # strict JSON
+
+
+def test_batched_run_equals_one_query_at_a_time(llava, tmp_path):
+    """Every mode, batch 1 against batches of 2 and 3 (a short last batch): same predictions and scores."""
+    options = {"shots": [0, 2], "trials": 1, "progress": False}
+    records = {}
+    for size in (1, 2, 3):
+        run_eval(llava, toy_task(n_test=3), output_dir=tmp_path / str(size), batch_size=size, **options)
+        lines = (tmp_path / str(size) / "predictions.jsonl").read_text().splitlines()
+        records[size] = {(r["mode"], r["id"]): r for r in map(json.loads, lines)}
+    assert len(records[1]) == 4 * 3
+    for size in (2, 3):
+        assert records[size].keys() == records[1].keys()
+        for key, alone in records[1].items():
+            assert records[size][key]["prediction"] == alone["prediction"]
+            # one forward over several queries' rows sums in another order: float32 rounding only
+            assert records[size][key]["scores"] == pytest.approx(alone["scores"], abs=1e-4)
+    with pytest.raises(AIMError, match="batch_size must be at least 1"):
+        run_eval(llava, toy_task(), batch_size=0, **options)
+
+
+def test_out_of_memory_halves_the_batch_for_the_rest_of_the_run(llava, monkeypatch):
+    sizes = []
+    answer = runner.answer_batch
+
+    def small_device(aim, task, asked, *args):
+        sizes.append(len(asked))
+        if len(asked) > 2:
+            raise torch.OutOfMemoryError("out of memory")
+        return answer(aim, task, asked, *args)
+
+    monkeypatch.setattr(runner, "answer_batch", small_device)
+    rows = run_eval(llava, toy_task(n_test=4), shots=[0, 2], modes=["zero", "text"], trials=1, progress=False,
+                    batch_size=4)  # fmt: skip
+    # zero cell: 4 fails, its halves (2 + 2) run; the text cell starts at 2
+    assert sizes == [4, 2, 2, 2, 2]
+    assert {r["queries"] for r in rows} == {4}
+
+    def no_memory(*args):
+        raise torch.OutOfMemoryError("out of memory")
+
+    monkeypatch.setattr(runner, "answer_batch", no_memory)
+    with pytest.raises(torch.OutOfMemoryError):  # a single query that does not fit is the user's to know
+        run_eval(llava, toy_task(n_test=1), shots=[0], modes=["zero"], trials=1, progress=False, batch_size=1)

@@ -29,14 +29,16 @@ from aim_icl.world.recipe import IMAGE_TOKENS, build_model, build_processor
 from aim_icl.world.scene import sample_scene
 from aim_icl.world.tasks import caption_style, fast_binding
 
-# Quality floors for the shipped checkpoint on a seed no measurement used while building it: the values measured
-# when it was shipped (seed 2024, 100 items: QA 0.94; binding read from text 0.99; caption style in `aim` mode at
-# 2 shots: ranking 0.97, exact match 0.65; fast binding in `aim` mode at 4 shots: 0.63) minus a margin.
+# Quality floors for the shipped checkpoint on a seed no measurement used while building it, minus a margin for the
+# noise of 100 items. Measured when it was shipped (seed 2024, 100 items): QA 0.95; binding read from text 0.98;
+# caption style in `aim` mode at 2 shots: ranking 0.99, exact match 0.85; 2-way fast binding in `aim` mode: 0.97 at
+# 4 shots, 0.99 at 16.
 QA_FLOOR = 0.85
 TEXT_BINDING_FLOOR = 0.85
 AIM_CAPTION_RANK_FLOOR = 0.85
-AIM_CAPTION_EXACT_FLOOR = 0.5
-AIM_BINDING_FLOOR = 0.56  # above chance (0.5), far below the 0.9 target: see the README
+AIM_CAPTION_EXACT_FLOOR = 0.75
+AIM_BINDING_FLOOR = 0.88  # 2-way fast binding in `aim` mode at 4 shots (chance: 0.5)
+MANY_SHOT_SLACK = 0.05  # aim at 16 shots may not fall below aim at 4 shots by more than this
 HELD_OUT_SEED = 2024
 
 
@@ -123,7 +125,7 @@ def test_demo_runs_the_four_modes_through_the_harness(tmp_path, capsys):
     args = ["demo", "--items", "3", "--shots", "0", "2", "--json", str(rows_path), "--out", str(tmp_path)]
     assert main([*args, "--threads", "1"]) == 0
     rows = json.loads(rows_path.read_text())
-    assert {r["task"] for r in rows} == {"fast_binding", "caption_style"}
+    assert {r["task"] for r in rows} == {"fast_binding", "fast_binding_4way", "caption_style"}
     binding = [r for r in rows if r["task"] == "fast_binding" and r["metric"] == "likelihood_accuracy"]
     assert {(r["mode"], r["shots"]) for r in binding} == {("zero", 0), ("text", 2), ("icl", 2), ("aim", 2)}
     tokens = {r["mode"]: r["prompt_tokens"] for r in binding}
@@ -136,11 +138,39 @@ def test_demo_runs_the_four_modes_through_the_harness(tmp_path, capsys):
     assert (tmp_path / "demo.png").is_file() and (tmp_path / "results.md").is_file()
 
 
-def test_shipped_projector_binds_held_out_names_above_chance():
-    task = fast_binding(HELD_OUT_SEED, n_items=100, max_shots=4)
-    rows = run_eval(shipped(), task, shots=[4], modes=["aim"], trials=1, selection="support", progress=False)
-    ranked = next(r for r in rows if r["metric"] == "likelihood_accuracy")
-    assert ranked["value"] >= AIM_BINDING_FLOOR
+def test_shipped_projector_binds_held_out_names_and_holds_them_over_many_shots():
+    """The method working: the demos' images reach the prompt as fused tokens (text and zero stay at chance)."""
+    task = fast_binding(HELD_OUT_SEED, n_items=100, max_shots=16)
+    rows = run_eval(
+        shipped(), task, shots=[4, 16], modes=["aim"], trials=1, selection="support", progress=False
+    )
+    ranked = {r["shots"]: r["value"] for r in rows if r["metric"] == "likelihood_accuracy"}
+    assert ranked[4] >= AIM_BINDING_FLOOR
+    assert ranked[16] >= ranked[4] - MANY_SHOT_SLACK
+
+
+def test_demo_takes_a_projector_that_aim_icl_train_wrote(tmp_path):
+    """A projector of your own (no fingerprint: only what `aim-icl train` writes) runs in the demo."""
+    data, trained = tmp_path / "data", tmp_path / "trained"
+    assert main(["world", "data", "--n", "6", "--out", str(data)]) == 0
+    train = [
+        "train",
+        "--config",
+        str(PROJECTOR_TRAINING),
+        "--model",
+        str(MODEL_DIR),
+        "--output",
+        str(trained),
+    ]
+    train += ["--data", str(data / "interleaved.jsonl"), "--image-root", str(data)]
+    assert main([*train, "--max-steps", "1", "--batch-size", "2", "--fit-demos", "10"]) == 0
+    assert not (trained / "fingerprint.json").exists()
+    out = tmp_path / "demo"
+    demo = ["demo", "--items", "2", "--shots", "2", "--modes", "aim", "--tasks", "fast_binding"]
+    assert main([*demo, "--out", str(out), "--projector", str(trained), "--threads", "1"]) == 0
+    assert (
+        main([*demo, "--out", str(out), "--projector", str(tmp_path), "--threads", "1"]) == 2
+    )  # no projector
 
 
 def test_too_few_own_demos_is_a_clear_error():

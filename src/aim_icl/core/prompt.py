@@ -80,6 +80,16 @@ class Encoded:
     slot_positions: list[list[torch.Tensor]]  # [row][slot] -> positions (n,) of that Slots part
 
 
+class PromptTooLong(AIMError):
+    """A prompt longer than the model's context: refused rather than run past the positions it was trained on."""
+
+    def __init__(self, length: int, context: int):
+        super().__init__(
+            f"prompt is {length} tokens but the model's context is {context}; use fewer or shorter demos"
+        )
+        self.length, self.context = length, context
+
+
 class PromptEncoder:
     """Turns part lists into model inputs through a private copy of the processor (with one added marker token)."""
 
@@ -145,9 +155,7 @@ class PromptEncoder:
         inputs.update(self._pad(rows))
         length = inputs["input_ids"].shape[1]
         if self.backbone.max_length is not None and length > self.backbone.max_length:
-            raise AIMError(
-                f"prompt is {length} tokens but the model's context is {self.backbone.max_length}; use fewer or shorter demos"
-            )
+            raise PromptTooLong(length, self.backbone.max_length)
         return Encoded(inputs=inputs, slot_positions=positions)
 
     def _render(self, parts: list[Part]) -> tuple[str, list[Image.Image], list[Slots]]:

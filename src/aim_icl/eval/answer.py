@@ -14,6 +14,7 @@ import torch
 
 from aim_icl.core.aim import AIM
 from aim_icl.core.batching import candidate_inputs, generate_batch, score_batch
+from aim_icl.core.prompt import PromptTooLong
 from aim_icl.eval.items import Item
 from aim_icl.eval.memory import synchronize
 from aim_icl.eval.scoring import needs_scores
@@ -47,7 +48,8 @@ def answer_batch(
     records: list[dict] = [
         {"id": b["item"].id, "fits": False, "prompt_tokens": b["prompt_tokens"]} for b in built
     ]
-    run = [i for i, b in enumerate(built) if fits_context(aim.model, b["prompt_tokens"] + max_new_tokens)]
+    context = aim.backbone.max_length
+    run = [i for i, b in enumerate(built) if b["inputs"] is not None and fits(b, max_new_tokens, context)]
     if run:
         generated = generate_batch(aim, [built[i]["inputs"] for i in run], max_new_tokens=max_new_tokens)
         scores = (
@@ -60,21 +62,20 @@ def answer_batch(
     return [r if r.get("fits") is False else {**r, "latency_ms": share} for r in records]
 
 
-def fits_context(model, length: int) -> bool:
-    """Whether `length` positions fit the model's context (`max_position_embeddings` of its language model).
-
-    A prompt past it is not run: its answer would say nothing about the mode, so the row reports it as not
-    fitting, as a real deployment would refuse it."""
-    config = model.config
-    context = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
-    return context is None or length <= context
+def fits(built: dict, max_new_tokens: int, context: int | None) -> bool:
+    """Whether the prompt and its answer fit the model's context. A prompt past it is not run: its answer would say
+    nothing about the mode, so the row reports it as not fitting, as a real deployment would refuse it."""
+    return context is None or built["prompt_tokens"] + max_new_tokens <= context
 
 
 def _build(aim: AIM, task: Task, item: Item, demos: list, mode: str) -> dict:
     image, text = item.load_image(), task.query_text(item)
     if mode == "aim":  # fused once, for the generation prompt and every candidate's scoring row
         demos = aim.fuse(demos)
-    inputs = aim.build_inputs(image, text, demos, mode)
+    try:
+        inputs = aim.build_inputs(image, text, demos, mode)
+    except PromptTooLong as err:
+        return {"item": item, "inputs": None, "prompt_tokens": err.length}
     prompt_tokens = int(inputs["input_ids"].shape[1])
     return {
         "item": item,
