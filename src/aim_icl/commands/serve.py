@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aim_icl.commands._model import add_model_arguments, fresh_projector, load_aim
 from aim_icl.errors import AIMError
+from aim_icl.serve import cluster  # no Ray at import: Ray only when --replicas asks for it
 
 logger = logging.getLogger(__name__)
 EXTRA = "serve"  # the optional extra this verb runs on (the CLI checks it first)
@@ -53,10 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--demo-template",
         help="chat demo text from {user} and {assistant} (default: the two joined by a space)",
     )
+    cluster.add_cluster_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     config = server_config(args)  # check everything before loading a model that may take minutes
+    if cluster.wanted(args):
+        return cluster.run(args, config)
     import uvicorn
 
     from aim_icl.serve.app import create_app
