@@ -22,8 +22,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aim_icl.errors import AIMError
+
+if TYPE_CHECKING:  # the app module imports FastAPI; this one stays light for the CLI's --help
+    from aim_icl.serve.app import ServerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ class ReplicaSpec:
     device: str
     name: str  # the model name clients see
     bank: str | None  # the shared bank; None: a temporary bank per replica
-    config: object  # serve.app.ServerConfig
+    config: ServerConfig
     board: str = f"{APP_NAME}-tasks"  # name of the task board actor
     threads: int = 1  # torch threads per replica on the CPU
 
@@ -79,7 +83,7 @@ class Scaling:
         return low, self.max_replicas if self.max_replicas is not None else self.replicas
 
 
-def deployment_options(scaling: Scaling, config) -> dict:
+def deployment_options(scaling: Scaling, config: ServerConfig) -> dict:
     """Ray Serve deployment options: resources, replica count or autoscaling bounds, and the server's limits.
 
     A replica holds at most what its worker queue holds plus one running batch, so Serve never sends it more than
@@ -224,7 +228,7 @@ def wanted(args: argparse.Namespace) -> bool:
     return any(v is not None for v in (args.replicas, args.ray_address, args.min_replicas, args.max_replicas))
 
 
-def replica_spec(args: argparse.Namespace, config) -> ReplicaSpec:
+def replica_spec(args: argparse.Namespace, config: ServerConfig) -> ReplicaSpec:
     """The spec from the command line, local paths made absolute for replicas in other working directories."""
     images = config.images
     dirs = tuple(Path(d).resolve() for d in images.allowed_dirs)
@@ -253,7 +257,7 @@ def scaling(args: argparse.Namespace) -> Scaling:
     )
 
 
-def run(args: argparse.Namespace, config) -> int:
+def run(args: argparse.Namespace, config: ServerConfig) -> int:
     """Deploy the app on a local Ray cluster (or the one at --ray-address) and serve until SIGINT/SIGTERM."""
     from aim_icl.bank.layered import merge_replica_shards
 
