@@ -10,6 +10,7 @@ import io
 import os
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -98,7 +99,7 @@ def test_replica_bounds_become_serve_options():
         cluster.Scaling(replicas=3, max_replicas=2)
 
 
-def test_replica_flags_choose_ray_and_bad_ones_fail_in_one_line_before_any_model_loads(capsys):
+def test_replica_flags_choose_ray_and_bad_ones_fail_in_one_line_before_any_model_loads(capsys, monkeypatch):
     parse = build_parser().parse_args
     assert not cluster.wanted(parse(["serve"]))  # the single process stays the default
     assert cluster.wanted(parse(["serve", "--replicas", "2"])) and cluster.wanted(
@@ -118,6 +119,11 @@ def test_replica_flags_choose_ray_and_bad_ones_fail_in_one_line_before_any_model
         assert main(["serve", *flags]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the [cluster] extra were not installed
+    assert main(["serve", "--replicas", "2"]) == 2
+    assert capsys.readouterr().err == (
+        'aim-icl serve: error: needs the [cluster] extra (ray is not installed): pip install "aim-icl[cluster]"\n'
+    )
 
 
 class LocalBoard:

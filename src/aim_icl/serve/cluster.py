@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aim_icl.errors import AIMError
+from aim_icl.errors import AIMError, MissingDependency
 
 if TYPE_CHECKING:  # the app module imports FastAPI; this one stays light for the CLI's --help
     from aim_icl.serve.app import ServerConfig
@@ -295,8 +295,8 @@ def import_ray():
     try:
         import ray
         from ray import serve
-    except ImportError:
-        raise AIMError("serving with replicas needs Ray Serve: pip install 'aim-icl[cluster]'") from None
+    except ModuleNotFoundError:  # the CLI's usual line for a missing extra
+        raise MissingDependency.of("ray", "cluster") from None
     return ray, serve
 
 
