@@ -311,6 +311,7 @@ def test_merging_shards_equals_one_build(llava, tmp_path, capsys):
     with BankStore(merged) as m, BankStore(tmp_path / "whole.sqlite") as w:
         assert m.keys() == w.keys() and m.fingerprint == w.fingerprint
         for ours, theirs in zip(m.rows(), w.rows()):
+            ours, theirs = ours.states, theirs.states
             assert ours.metadata == theirs.metadata and torch.equal(ours.token_ids, theirs.token_ids)
             assert fused_close(ours.hidden.float(), theirs.hidden.float(), torch.float16)
     DemoBank(tmp_path / "other.sqlite", tiny_aim("qwen2_vl")).close()

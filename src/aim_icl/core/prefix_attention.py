@@ -8,10 +8,10 @@ returns its softmax normaliser (log-sum-exp); the exact softmax over all keys we
   out = s * out_prefix + (1 - s) * out_new,  s = sigmoid(lse_prefix - lse_new).
 
 Two registered functions do it. The mask function (`prefix_mask`) gives transformers' own sdpa mask, except None
-in exactly that case: a plain causal mask, no padding, no sliding window, the new block after every cached key;
-so no L x (P + L) mask is built. The attention function (`prefix_split_attention`) reads None with more keys
-than queries as that case and splits; anything else (a materialised mask: padding, sliding windows, bidirectional
-image blocks; decoding one token; a GPU; a dtype the CPU kernel lacks) goes to the stock `sdpa` function.
+in exactly that case on the CPU: a plain causal mask, no padding, no sliding window, the new block after every
+cached key; so no L x (P + L) mask is built. The attention function (`prefix_split_attention`) reads None with
+more keys than queries as that case and splits; anything else (a materialised mask: padding, sliding windows,
+bidirectional image blocks; decoding one token; a GPU; a dtype the CPU kernel lacks) goes to the stock `sdpa`.
 
 `split_prefix_attention(model)` switches a model's language model to these functions for a block of code and
 back; only a language model that uses `sdpa` is switched.
@@ -65,7 +65,9 @@ def prefix_mask(
     if 1 < q_length < kv_length:
         padding = prepare_padding_mask(attention_mask, kv_length, kv_offset)
         if (
-            mask_function is causal_mask_function
+            torch.device(kwargs.get("device", "cpu")).type
+            == "cpu"  # elsewhere the stock kernels take the mask
+            and mask_function is causal_mask_function
             and local_size is None
             and kv_offset == 0
             and isinstance(q_offset, int)
