@@ -16,7 +16,7 @@ from aim_icl.commands._model import add_model_arguments, fresh_projector, load_a
 from aim_icl.core.dtypes import FLOAT_DTYPES
 from aim_icl.core.modes import MODES
 from aim_icl.errors import AIMError
-from aim_icl.eval.task import task_names
+from aim_icl.eval.tasks import task_names
 
 logger = logging.getLogger(__name__)
 EXTRA = "eval"  # the optional extra this verb runs on (the CLI checks it first)
@@ -50,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", type=Path, help="default: eval-results/<task>")
     parser.add_argument("--max-new-tokens", type=int, help="default: the task's")
     parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="queries per forward pass (default: 16 on a CPU, 64 on a GPU, halved on OOM)",
+    )
+    parser.add_argument(
         "--fit-demos", type=int, default=256, help="pool demos to fit the copy map on (no projector)"
     )
     parser.add_argument("--device", help="torch device (default: this process's accelerate device)")
@@ -60,9 +65,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from aim_icl.core.placement import process_state
+    from aim_icl.eval.items import DataPaths
     from aim_icl.eval.report import markdown_table
     from aim_icl.eval.runner import run_eval
-    from aim_icl.eval.task import DataPaths, get_task
+    from aim_icl.eval.tasks import get_task
 
     if args.limit is not None and args.limit < 1:
         raise AIMError(f"--limit must be at least 1, got {args.limit}")
@@ -88,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         bank=args.bank,
         max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
     )
     if state.is_main_process:
         print(markdown_table(rows))

@@ -2,16 +2,16 @@
 
 Each query is built alone (its own processor call, its own demos), so a batch can mix prompts of any length, image
 count and mode; this module only stacks them. Per-token tensors (`input_ids`, `inputs_embeds`, `attention_mask`,
-`token_type_ids`, `mm_token_type_ids`, `labels`) are padded along the sequence: on the left for generation, so every
-row's new tokens start at the same column, on the right for scoring, so every row keeps its unpadded positions.
-Every other tensor (`pixel_values`, `image_sizes`, `image_grid_thw`, `pixel_attention_mask`, ...) is concatenated
+`token_type_ids`, `mm_token_type_ids`, `labels`) are padded along the sequence, on the left by default: every row
+ends in the last column, where generation appends and where scored answers sit. Every other tensor (`pixel_values`, `image_sizes`, `image_grid_thw`, `pixel_attention_mask`, ...) is concatenated
 along its first dimension, zero-padded in its other dimensions where rows differ: that is what the families'
 processors do themselves (LLaVA-Next pads patches, Idefics3 pads images, Pixtral pads pixels; the models skip the
 padding by `image_sizes` or by all-zero images).
 
 Positions follow the attention mask: `generate` derives them from it (M-RoPE families through the model's rope
-index function, which reads the mask), so a left-padded row gets the positions it has alone; for a forward of a
-left-padded batch, `collate(..., positions=True)` adds them explicitly.
+index function, which reads the mask), so a left-padded row gets the positions it has alone; for a forward
+(scoring), `collate(..., positions=True)` adds them explicitly. Padded rows give the one-by-one logits up to float
+rounding: masked attention and batched matrix products sum in another order.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def collate(
 ) -> dict[str, torch.Tensor]:
     """One padded batch from per-query inputs (each a `build_inputs` / `build_batch` output of one or more rows).
 
-    Rows keep their order. `positions=True` adds `position_ids` that count each row's real tokens from 0 (the
-    rope index positions for M-RoPE families), for a `model(...)` call on a left-padded batch.
+    Rows keep their order; a multi-row input's own padding moves to `padding_side` too. `positions=True` adds
+    `position_ids` that count each row's real tokens from 0 (the rope index positions for M-RoPE families), for a
+    `model(...)` call on a left-padded batch.
     """
     if padding_side not in ("left", "right"):
         raise AIMError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
@@ -46,6 +47,7 @@ def collate(
         raise AIMError("nothing to collate: give at least one query's inputs")
     if any("inputs_embeds" in inputs for inputs in _same_keys(inputs_list)):
         inputs_list = [_with_embeds(aim, inputs) for inputs in inputs_list]
+    inputs_list = [_align(inputs, padding_side) for inputs in inputs_list]
     width = max(inputs["input_ids"].shape[1] for inputs in inputs_list)
     batch = {}
     for key in inputs_list[0]:
@@ -92,14 +94,18 @@ def score_batch(
 ) -> list[torch.Tensor]:
     """Summed log-likelihood of every labelled row, per query: `[(n_candidates_i,) for each query]`.
 
-    Each query's inputs come from `candidate_inputs`; queries go through the model together, right-padded (each
-    row keeps its own positions), at most `max_rows` rows per forward (always at least one whole query).
+    Each query's inputs come from `candidate_inputs`; queries go through the model together, at most `max_rows`
+    rows per forward (always at least one whole query). Rows are left-padded with their own positions, so every
+    answer ends in the last column and logits are computed for the answers' columns only (a real vocabulary times
+    a long prompt would otherwise hold gigabytes of logits per row).
     """
     scores: list[torch.Tensor] = []
     for group in _groups(inputs_list, max_rows):
-        batch = collate(aim, group, padding_side="right")
-        logits = aim.forward(batch).logits[:, :-1].float()  # (B, T-1, vocab): position t predicts token t+1
-        labels = batch["labels"][:, 1:]
+        batch = collate(aim, group, padding_side="left", positions=True)
+        labels = batch.pop("labels")
+        width = int((labels != -100).sum(-1).max())  # the longest answer
+        logits = aim.forward(batch, logits_to_keep=width + 1).logits[:, :-1].float()  # (B, width, vocab)
+        labels = labels[:, -width:]  # column t of `logits` predicts column t of `labels`
         logprobs = logits.log_softmax(-1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
         sums = (logprobs * (labels != -100)).sum(-1).cpu()  # (B,)
         scores += list(sums.split([len(inputs["input_ids"]) for inputs in group]))
@@ -126,6 +132,24 @@ def _with_embeds(aim: AIM, inputs: dict) -> dict:
     if "inputs_embeds" in inputs:
         return inputs
     return {**inputs, "inputs_embeds": aim.backbone.embed(inputs["input_ids"])}
+
+
+def _align(inputs: dict, side: str) -> dict:
+    """Move the padding of a multi-row input (`build_batch` pads on the right) to `side`, row by row."""
+    mask = inputs["attention_mask"].bool()  # (B, T)
+    if len(mask) == 1 or mask.all():
+        return inputs
+    length = mask.shape[1]
+    ends = length - mask.flip(-1).long().argmax(-1)  # (B,): one past each row's last real token
+    starts = mask.long().argmax(-1)  # (B,): each row's first real token
+    shift = (length - ends) if side == "left" else -starts  # left: real tokens move to the end
+    index = (torch.arange(length, device=mask.device)[None] - shift[:, None]) % length  # (B, T)
+    out = dict(inputs)
+    for key, value in inputs.items():
+        if _is_per_token(inputs, key):
+            gather = index.view(*index.shape, *[1] * (value.ndim - 2)).expand_as(value)
+            out[key] = value.gather(1, gather)
+    return out
 
 
 def _is_per_token(inputs: dict, key: str) -> bool:

@@ -22,10 +22,8 @@ from aim_icl.eval.task import Task
 
 logger = logging.getLogger(__name__)
 
-SCORE_BATCH = 8  # scoring rows (one per candidate answer) per forward pass, at least
-CPU_BATCH = (
-    16  # queries per batch on a CPU: on 2 cores the per-query time stops falling near here (world model)
-)
+SCORE_BATCH = 8  # scoring rows (one per candidate answer, each the whole prompt) per query and forward
+CPU_BATCH = 16  # queries per batch on a CPU: on 2 cores the time per query stops falling near here
 ACCELERATOR_BATCH = 64  # first try on an accelerator; halved on out-of-memory until a batch fits
 
 
@@ -88,8 +86,8 @@ def _build(aim: AIM, task: Task, item: Item, demos: list, mode: str) -> dict:
 
 
 def _scores(aim: AIM, task: Task, run: list[dict], mode: str) -> list[list[float]]:
-    """Every query's candidates scored, `SCORE_BATCH` candidates per prompt copy and at least that many rows (or
-    the batch's queries) per forward."""
+    """Every query's candidates scored, `SCORE_BATCH` rows (candidates) per query and forward pass: a batch of
+    queries with few candidates is scored in one forward, a query with many in several."""
     inputs, owners = [], []
     for row, b in enumerate(run):
         candidates = task.candidates_for(b["item"])
@@ -98,7 +96,7 @@ def _scores(aim: AIM, task: Task, run: list[dict], mode: str) -> list[list[float
             inputs.append(candidate_inputs(aim, b["image"], b["text"], chunk, b["demos"], mode))
             owners.append(row)
     scores: list[list[float]] = [[] for _ in run]
-    for row, chunk in zip(owners, score_batch(aim, inputs, max_rows=max(SCORE_BATCH, len(run)))):
+    for row, chunk in zip(owners, score_batch(aim, inputs, max_rows=SCORE_BATCH * len(run))):
         scores[row] += chunk.tolist()
     return scores
 

@@ -10,8 +10,9 @@ from pathlib import Path
 from aim_icl.bank.cache import MEMORY, StatesCache
 from aim_icl.core.aim import AIM
 from aim_icl.core.demo import Demo, DemoStates
+from aim_icl.eval.items import Item
 from aim_icl.eval.memory import synchronize
-from aim_icl.eval.task import Item, Task
+from aim_icl.eval.task import Task
 
 
 @dataclass

@@ -23,16 +23,16 @@ from aim_icl.core.aim import AIM, MODES
 from aim_icl.core.placement import process_state
 from aim_icl.errors import AIMError
 from aim_icl.eval.aggregate import rows_from_records
+from aim_icl.eval.answer import answer_batch, default_batch_size
 from aim_icl.eval.demos import DemoSource, open_pool_bank
-from aim_icl.eval.memory import PeakMemory, synchronize
+from aim_icl.eval.items import Item
+from aim_icl.eval.memory import PeakMemory
 from aim_icl.eval.scoring import METRICS, needs_scores
-from aim_icl.eval.selection import SELECTORS, Selector, draw_pool, support_pool
+from aim_icl.eval.selection import SELECTIONS, QuerySelector, draw_pool, support_pool
 from aim_icl.eval.store import PredictionStore
-from aim_icl.eval.task import Item, Task
+from aim_icl.eval.task import Task
 
 logger = logging.getLogger(__name__)
-
-SCORE_BATCH = 8  # candidate answers per scoring forward pass
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ def run_eval(
     bank: str | Path | None = None,
     max_new_tokens: int | None = None,
     progress: bool = True,
+    batch_size: int | None = None,
 ) -> list[dict]:
     """Evaluate `task` (items loaded) and return one row per (mode, shots, metric); see `aggregate` for fields.
 
@@ -72,8 +73,12 @@ def run_eval(
     results JSON, Markdown table and plots are written there. Queries: the first `limit` evaluation items; demos:
     `selection` from a pool of `pool_size` train items drawn with `seed`; trial t uses seed `seed + t`. With
     selection `support`, a query's k demos are the first k of its own (`Item.support`), the same in every trial.
+    A cell's queries go through the model `batch_size` at a time (default: `answer.default_batch_size`); answers
+    and scores equal one-by-one answering, whatever the batch size.
     """
     _check_arguments(task, shots, modes, trials, selection)
+    if batch_size is not None and batch_size < 1:
+        raise AIMError(f"batch_size must be at least 1, got {batch_size}")
     queries = task.test if limit is None else task.test[:limit]
     max_shots = max(shots) if set(modes) - {"zero"} else 0
     if selection == "support":
@@ -90,9 +95,11 @@ def run_eval(
     use_bank = bank is not None and pool and (selection == "similarity" or "aim" in modes)
     pool_bank = open_pool_bank(bank, aim, task, pool, state) if use_bank else None
     try:
-        select = SELECTORS.get(selection)(pool=pool, bank=pool_bank)
+        select = SELECTIONS.get(selection)(pool=pool, bank=pool_bank)
         n_new = max_new_tokens or task.max_new_tokens
-        run = _Run(aim, task, select, DemoSource(aim, task, pool, pool_bank), store, n_new)
+        size = batch_size or default_batch_size(aim.backbone.device)
+        source = DemoSource(aim, task, pool, pool_bank, batch_size=max(8, size))  # demos read as many at once
+        run = _Run(aim, task, select, source, store, n_new, size)
         run.evaluate(
             cells, queries[state.process_index :: state.num_processes], progress and state.is_main_process
         )
@@ -115,10 +122,11 @@ class _Run:
 
     aim: AIM
     task: Task
-    select: Selector
+    select: QuerySelector
     source: DemoSource
     store: PredictionStore
     max_new_tokens: int
+    batch_size: int = 1
 
     def evaluate(self, cells: list[Cell], queries: list[Item], progress: bool) -> None:
         todo = {c: [q for q in queries if _key(c, q) not in self.store.done] for c in cells}
@@ -131,58 +139,47 @@ class _Run:
                     self.run_cell(cell, items, bar)
 
     def run_cell(self, cell: Cell, items: list[Item], bar) -> None:
-        """Answer the cell's unfinished queries, appending each record; then one stats record for the stretch."""
+        """Answer the cell's unfinished queries a batch at a time, appending each batch's records as it is done;
+        then one stats record for the stretch."""
         start, encode_start = time.perf_counter(), self.source.encode_seconds
         with PeakMemory(self.aim.backbone.device) as peak:
-            for query in items:
-                picks = self.select(query, cell.shots, cell.seed) if cell.shots else []
-                demos = self.source.demos(picks, cell.mode)
-                record = answer_query(self.aim, self.task, query, demos, cell.mode, self.max_new_tokens)
-                self.store.add({"mode": cell.mode, "shots": cell.shots, "trial": cell.trial, **record})
-                bar.update()
+            done = 0
+            while done < len(items):
+                batch = items[done : done + self.batch_size]
+                picks = [self._picks(cell, q) for q in batch]
+                if cell.mode == "aim":  # read the batch's new demos in one batched pass
+                    self.source.demos([i for p in picks for i in p], cell.mode)
+                asked = [(q, self.source.demos(p, cell.mode)) for q, p in zip(batch, picks)]
+                for record in self.answer(asked, cell.mode):
+                    self.store.add({"mode": cell.mode, "shots": cell.shots, "trial": cell.trial, **record})
+                bar.update(len(batch))
+                done += len(batch)
         stats = {"mode": cell.mode, "shots": cell.shots, "trial": cell.trial, "queries": len(items)}
         stats.update(wall_s=time.perf_counter() - start, encode_s=self.source.encode_seconds - encode_start)
         self.store.add_stats({**stats, "peak_memory_mb": peak.mb, "memory": peak.kind})
 
+    def answer(self, asked: list[tuple[Item, list]], mode: str) -> list[dict]:
+        """`answer_batch`, halving the batch (for the rest of the run) while the device runs out of memory."""
+        try:
+            return answer_batch(self.aim, self.task, asked, mode, self.max_new_tokens)
+        except torch.OutOfMemoryError:
+            if len(asked) == 1:
+                raise
+            self.batch_size = max(1, len(asked) // 2)
+            logger.warning("out of memory at %d queries per batch: now %d", len(asked), self.batch_size)
+            release_memory(self.aim.backbone.device)
+            half = len(asked) // 2
+            return self.answer(asked[:half], mode) + self.answer(asked[half:], mode)
 
-def answer_query(aim: AIM, task: Task, item: Item, demos: list, mode: str, max_new_tokens: int) -> dict:
-    """Generate the answer (and, for closed answer sets, score every candidate); time the model work."""
-    image, text = item.load_image(), task.query_text(item)
-    synchronize(aim.backbone.device)
-    start = time.perf_counter()
-    inputs = aim.build_inputs(image, text, demos, mode)
-    prompt_tokens = int(inputs["input_ids"].shape[1])
-    if not fits_context(aim.model, prompt_tokens + max_new_tokens):
-        return {"id": item.id, "fits": False, "prompt_tokens": prompt_tokens}
-    generated = aim.generate_from(inputs, max_new_tokens)
-    candidates = task.candidates_for(item)
-    scores = score_candidates(aim, image, text, candidates, demos, mode) if needs_scores(task) else None
-    synchronize(aim.backbone.device)
-    latency_ms = (time.perf_counter() - start) * 1000
-    return {
-        "id": item.id,
-        "generated": generated,
-        "prediction": task.postprocess(generated),
-        "scores": scores,
-        "prompt_tokens": prompt_tokens,
-        "latency_ms": latency_ms,
-    }
+    def _picks(self, cell: Cell, query: Item) -> list[int]:
+        return self.select(query, cell.shots, cell.seed) if cell.shots else []
 
 
-def fits_context(model, length: int) -> bool:
-    """Whether `length` positions fit the model's context (`max_position_embeddings` of its language model).
-
-    A prompt past it is not run: its answer would say nothing about the mode, so the row reports it as not
-    fitting, as a real deployment would refuse it."""
-    config = model.config
-    context = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
-    return context is None or length <= context
-
-
-def score_candidates(aim: AIM, image, text: str, candidates, demos: list, mode: str) -> list[float]:
-    """Summed log-likelihood of each candidate, scored `SCORE_BATCH` at a time (each row holds the whole prompt)."""
-    chunks = [candidates[i : i + SCORE_BATCH] for i in range(0, len(candidates), SCORE_BATCH)]
-    return [s for chunk in chunks for s in aim.score(image, text, chunk, demos, mode).tolist()]
+def release_memory(device: torch.device) -> None:
+    """Return cached blocks to the device after an out-of-memory error, so a smaller batch can fit."""
+    accelerator = getattr(torch, device.type, None)
+    if device.type != "cpu" and hasattr(accelerator, "empty_cache"):
+        accelerator.empty_cache()
 
 
 @torch.no_grad()
@@ -239,7 +236,7 @@ def _check_arguments(task: Task, shots, modes, trials: int, selection: str) -> N
         raise AIMError(f"unknown mode {bad[0] if bad else ''!r}; use some of {', '.join(MODES)}")
     if not shots or any(k < 0 for k in shots) or trials < 1:
         raise AIMError("give at least one shot count, all >= 0, and trials >= 1")
-    SELECTORS.get(selection)
+    SELECTIONS.get(selection)
     if selection in ("similarity", "support") and trials > 1:
         logger.warning("%s selection gives every trial the same demos; --trials 1 costs less", selection)
     if not task.test:
