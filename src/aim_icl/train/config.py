@@ -67,7 +67,7 @@ class TrainConfig:
     projector: str | None = _opt(None, "start from this saved projector instead of a fresh one")
     projector_name: str = _opt("residual", "projector kind for a fresh projector: residual or linear")
     projector_options: dict[str, Any] = _opt(
-        dict, 'options of a fresh projector, as a JSON object on the command line (e.g. \'{"mlp_ratio": 4}\')'
+        dict, "options of a fresh projector, as a JSON object on the command line (e.g. '{\"mlp_ratio\": 4}')"
     )
     layer: int = _opt(-1, "backbone layer whose hidden states the projector reads")
     data: DataConfig = field(default_factory=DataConfig)
