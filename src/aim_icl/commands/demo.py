@@ -2,8 +2,10 @@
 
 Loads the shipped world model and its AIM projector (no downloads), draws fresh evaluation items from `--seed`
 (held-out names, new objects, new demo orders), runs `run_eval` per task and prints score, prompt tokens, peak
-memory and latency per mode and shot count; writes the rows (results.json, results.md), the harness's plots and
-one overview plot to `--out`.
+memory and latency per mode and shot count, then one table per task and metric (modes as rows, shots as columns);
+writes the rows (results.json, results.md), those tables (tables.md), the harness's plots and one overview plot to
+`--out`. A mode whose prompt does not fit the model's context at some shot count (`icl` past 16 shots: 16 image
+tokens per demo, 512 positions) is reported as not fitting there.
 """
 
 from __future__ import annotations
@@ -16,20 +18,21 @@ from pathlib import Path
 from aim_icl.core.modes import MODES
 from aim_icl.errors import AIMError
 
-DEFAULT_TASKS = ("fast_binding", "caption_style")
+DEFAULT_TASKS = ("fast_binding", "fast_binding_4way", "caption_style")
+DEFAULT_SHOTS = (0, 1, 2, 4, 8, 16, 32)
 EXTRA = "eval"  # the optional extra this verb runs on (the CLI checks it first)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from aim_icl.world.tasks import TASKS
+    from aim_icl.world.tasks import WORLD_TASKS
 
     parser.add_argument(
         "--seed", type=int, default=0, help="draws the evaluation items (names, objects, demos)"
     )
-    parser.add_argument("--items", type=int, default=80, help="queries per task")
-    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(DEFAULT_TASKS))
+    parser.add_argument("--items", type=int, default=100, help="queries per task")
+    parser.add_argument("--tasks", nargs="+", choices=list(WORLD_TASKS), default=list(DEFAULT_TASKS))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--shots", type=int, nargs="+", default=[0, 1, 2, 4, 8])
+    parser.add_argument("--shots", type=int, nargs="+", default=list(DEFAULT_SHOTS))
     parser.add_argument(
         "--out", type=Path, default=Path("demo-results"), help="directory for the report and plots"
     )
@@ -37,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, help="world model directory (default: the shipped one)")
     parser.add_argument("--projector", type=Path, help="projector directory (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--batch-size", type=int, help="queries per forward pass (default: 16 on a CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from aim_icl.eval.report import write_report
     from aim_icl.eval.runner import run_eval
     from aim_icl.world.checkpoint import load_shipped
-    from aim_icl.world.report import overview_plot, summary_table
-    from aim_icl.world.tasks import TASKS
+    from aim_icl.world.report import overview_plot, shots_tables, summary_table
+    from aim_icl.world.tasks import WORLD_TASKS
 
     if args.items < 1 or any(k < 0 for k in args.shots):
         raise AIMError("--items must be at least 1 and --shots at least 0")
@@ -55,11 +59,23 @@ def run(args: argparse.Namespace) -> int:
     aim = load_shipped(args.model, args.projector)
     rows = []
     for name in args.tasks:
-        task = TASKS[name](args.seed, args.items, max(args.shots))
-        rows += run_eval(aim, task, args.shots, args.modes, trials=1, selection="support", seed=args.seed)
+        task = WORLD_TASKS[name](args.seed, args.items, max(args.shots))
+        rows += run_eval(
+            aim,
+            task,
+            args.shots,
+            args.modes,
+            trials=1,
+            selection="support",
+            seed=args.seed,
+            batch_size=args.batch_size,
+        )
     print(summary_table(rows))
+    tables = shots_tables(rows)
+    print(f"\n{tables}")
     written = write_report(rows, args.out)
-    written.append(overview_plot(rows, args.out / "demo.png"))
+    (args.out / "tables.md").write_text(tables + "\n")
+    written += [args.out / "tables.md", overview_plot(rows, args.out / "demo.png")]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(written[0], args.json)
