@@ -49,3 +49,8 @@ def load_aim(
         aim.model.to(device)
         aim.projector.to(device)
     return aim
+
+
+def add_demo_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """--demo IMAGE TEXT, repeatable: the demonstrations a verb reads."""
+    parser.add_argument("--demo", nargs=2, action="append", default=[], metavar=("IMAGE", "TEXT"), help=help)

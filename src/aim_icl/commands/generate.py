@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from aim_icl.commands._model import add_model_arguments, fresh_projector, load_aim
+from aim_icl.commands._model import add_demo_argument, add_model_arguments, fresh_projector, load_aim
 from aim_icl.core.modes import MODES
 
 logger = logging.getLogger(__name__)
@@ -15,14 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--image", required=True, help="query image file")
     parser.add_argument("--prompt", required=True, help="query text, e.g. 'Question: what is it? Answer:'")
-    parser.add_argument(
-        "--demo",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("IMAGE", "TEXT"),
-        help="a demonstration (repeatable)",
-    )
+    add_demo_argument(parser, "a demonstration (repeatable)")
     parser.add_argument("--mode", choices=MODES, default="aim")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")

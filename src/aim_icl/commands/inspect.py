@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from aim_icl.commands._model import add_model_arguments, load_aim
+from aim_icl.commands._model import add_demo_argument, add_model_arguments, load_aim
 
 WORLD_DEMOS = (("red", "circle"), ("blue", "star"), ("green", "square"))
 WORLD_TEXT = "this is a manek ."
@@ -16,14 +16,7 @@ WORLD_TEXT = "this is a manek ."
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument(
-        "--demo",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("IMAGE", "TEXT"),
-        help="a demonstration to read (repeatable; default: three world demos)",
-    )
+    add_demo_argument(parser, "a demonstration to read (repeatable; default: three world demos)")
     parser.add_argument("--top", type=int, default=3, help="nearest vocabulary tokens shown per slot")
     parser.add_argument("--seed", type=int, default=0, help="draws the world demos' scenes")
 
