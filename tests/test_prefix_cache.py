@@ -101,12 +101,12 @@ def test_zero_shot_prefix_equals_uncached():
 
 
 def test_cached_prefill_attends_without_a_mask_and_restores_the_model(monkeypatch):
-    """The cached prefill takes the split path in every layer; uncached calls and the model afterwards do not."""
+    """The cached prefill takes the maskless path in every layer; uncached calls and the model afterwards do not."""
     aim = tiny_aim("llava")
     calls = []
-    split = prefix_attention.split_attention
-    spy = lambda *a, **k: calls.append(a[3]) or split(*a, **k)  # noqa: E731 - records P, then attends
-    monkeypatch.setattr(prefix_attention, "split_attention", spy)
+    attend = prefix_attention.after_prefix
+    spy = lambda *a, **k: calls.append(a[3]) or attend(*a, **k)  # noqa: E731 - records P, then attends
+    monkeypatch.setattr(prefix_attention, "after_prefix", spy)
     cache = PrefixCache(aim, make_demos(2), mode="aim")
     cache.generate(tiny_image(1), QUERY, **GREEDY)
     layers = aim.model.config.get_text_config().num_hidden_layers
@@ -116,8 +116,9 @@ def test_cached_prefill_attends_without_a_mask_and_restores_the_model(monkeypatc
     assert len(calls) == layers
 
 
+@pytest.mark.parametrize("way", ["split_attention", "padded_attention", "after_prefix"])
 @pytest.mark.parametrize(("prefix", "length", "groups"), [(1, 2, 1), (7, 9, 2), (40, 3, 4)])
-def test_split_attention_equals_masked_attention(prefix, length, groups):
+def test_maskless_attention_equals_masked_attention(way, prefix, length, groups):
     g = torch.Generator().manual_seed(prefix)
     heads, dim = 4, 8
     query = torch.randn(2, heads, length, dim, generator=g)
@@ -126,12 +127,12 @@ def test_split_attention_equals_masked_attention(prefix, length, groups):
     expected = F.scaled_dot_product_attention(
         query, key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1), attn_mask=mask
     )
-    out = prefix_attention.split_attention(query, key, value, prefix)  # (B, L, H, D)
+    out = getattr(prefix_attention, way)(query, key, value, prefix)  # (B, L, H, D)
     assert torch.allclose(out.transpose(1, 2), expected, atol=1e-6)
 
 
 def test_only_a_plain_cached_prefix_skips_the_mask():
-    """The mask function gives None (split) only for "every cached key, then causal"; anything else is sdpa's."""
+    """The mask function gives None (no mask) only for "every cached key, then causal"; else it is sdpa's."""
     from transformers.masking_utils import sdpa_mask
 
     plain = dict(batch_size=1, q_length=3, kv_length=5, q_offset=2, kv_offset=0)
@@ -148,7 +149,7 @@ def test_only_a_plain_cached_prefix_skips_the_mask():
         assert mask is not None and torch.equal(mask, expected)
 
 
-def test_split_attention_function_equals_sdpa():
+def test_attention_function_equals_sdpa():
     """None with more keys than queries is the lower-right causal mask; a materialised mask goes to sdpa."""
     g = torch.Generator().manual_seed(0)
     query, key, value = (torch.randn(1, 2, n, 8, generator=g) for n in (3, 5, 5))
@@ -157,7 +158,7 @@ def test_split_attention_function_equals_sdpa():
     padded[:, 0] = False
     module = torch.nn.Module()
     for given, meant in ((None, causal), (padded[None, None], padded)):
-        out, _ = prefix_attention.prefix_split_attention(module, query, key, value, given)
+        out, _ = prefix_attention.cached_prefix_attention(module, query, key, value, given)
         expected = F.scaled_dot_product_attention(query, key, value, attn_mask=meant).transpose(1, 2)
         assert torch.allclose(out, expected, atol=1e-6)
 

@@ -78,6 +78,8 @@ class StatesCache:
             self.bank.write(demos, keys, self.batch_size)
             return [self.bank.get(k) for k in keys]
         states = self.aim.encode(demos, batch_size=self.batch_size)
+        if not self.remember:  # used once and dropped: as read, on the model's device and in its dtype
+            return states
         return [
             DemoStates(s.hidden.to("cpu", self.dtype), s.token_ids.cpu(), s.text, s.metadata, _key(k))
             for s, k in zip(states, keys)

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from aim_icl.core.aim import AIM, forwarding_inputs_embeds
-from aim_icl.core.demo import Query
 from aim_icl.errors import AIMError
 
 # The fill of each per-token key in padded positions (others: 0); `input_ids` takes the encoder's pad id.
@@ -84,8 +83,27 @@ def generate_batch(aim: AIM, inputs_list: Sequence[dict[str, torch.Tensor]], **g
 
 def candidate_inputs(aim: AIM, image, text: str, candidates: Sequence[str], demos, mode: str) -> dict:
     """One query's scoring inputs: a row per candidate answer appended to the prompt (no EOS), labels on it."""
-    demos = aim.fuse(list(demos)) if mode == "aim" else list(demos)  # fused once for every candidate's row
-    return aim.build_batch([Query(image, text, demos, c) for c in candidates], mode=mode, eos=False)
+    return candidate_rows(aim, aim.build_inputs(image, text, demos, mode), text, candidates)
+
+
+def candidate_rows(aim: AIM, inputs: dict[str, torch.Tensor], text: str, candidates: Sequence[str]) -> dict:
+    """`candidate_inputs` from the query's own `build_inputs` output (its generation prompt, built once).
+
+    Each candidate's tokens follow the prompt as generation would produce them (`PromptEncoder.answer_ids`), and
+    every per-token input grows with them as `build_batch` grows it for a target; the prompt's images are repeated
+    for each row. Rows are right-padded; `score_batch` realigns them.
+    """
+    per_token = [k for k in inputs if _is_per_token(inputs, k) and k != "inputs_embeds"]
+    rows = []
+    for candidate in candidates:
+        target = aim.encoder.answer_ids(text + aim.template.suffix, candidate)
+        row = aim.encoder._append_target({k: inputs[k][0] for k in per_token}, target)
+        row = {**inputs, **{k: v.unsqueeze(0) for k, v in row.items()}}  # (1, T + n) each
+        if "inputs_embeds" in inputs:  # the prompt's vectors (fused slots included), then the answer's own
+            tail = aim.backbone.embed(target).to(inputs["inputs_embeds"].dtype)
+            row["inputs_embeds"] = torch.cat([inputs["inputs_embeds"], tail[None]], dim=1)
+        rows.append(row)
+    return collate(aim, rows, padding_side="right")
 
 
 @torch.no_grad()

@@ -1,19 +1,25 @@
-"""Attention over a cached prefix without an explicit mask: the prefix and the new positions apart, merged exactly.
+"""Attention over a cached prefix without an explicit mask, exact, at the cost of attention with no cache.
 
-With a KV-cache offset, transformers builds an explicit (L, P + L) boolean mask for SDPA (the new block aligned
-to the END of the keys), and PyTorch's CPU kernel is 2-3x slower with a mask than with `is_causal`. When that
-mask would say "every cached key, then causal over the new block", attention splits into two maskless calls:
-the new queries over the P cached keys (no mask at all) and over the new keys (`is_causal`, aligned). Each
-returns its softmax normaliser (log-sum-exp); the exact softmax over all keys weights the two outputs by them:
-  out = s * out_prefix + (1 - s) * out_new,  s = sigmoid(lse_prefix - lse_new).
+With a KV-cache offset, transformers builds an explicit (L, P + L) boolean mask for SDPA (the L new queries aligned
+to the END of the P + L keys), and PyTorch's CPU kernel is 2-4x slower with a mask than with `is_causal`. That
+mask says "every cached key, then causal over the new block", and two maskless computations give exactly the same:
+- padded: put P dummy queries before the new ones and attend causally over all P + L keys (one `is_causal` call;
+  row P + i sees keys 0 .. P + i, as query i must), then drop the dummy rows. It spends P^2 / 2 dot products on
+  rows nobody reads: the choice while P <= L / 2 (a query image after a few hundred demo tokens).
+- split: the new queries over the P cached keys (no mask) and over the L new keys (`is_causal`, aligned); the CPU
+  flash kernel returns each part's softmax normaliser (log-sum-exp), and the exact softmax over all keys weights
+  the two outputs by them: out = s * out_prefix + (1 - s) * out_new, s = sigmoid(lse_prefix - lse_new). Two
+  calls and a merge, no wasted rows: the choice for a short query after a long prefix.
+Measured (torch 2.13, one thread, 2,938 new positions after 259 cached, 4 heads of 16): masked 97 ms, split 27 ms,
+padded 24 ms, no cache (3,197 positions causal) 24 ms.
 
 Two registered functions do it. The mask function (`prefix_mask`) gives transformers' own sdpa mask, except None
 in exactly that case on the CPU: a plain causal mask, no padding, no sliding window, the new block after every
-cached key; so no L x (P + L) mask is built. The attention function (`prefix_split_attention`) reads None with
-more keys than queries as that case and splits; anything else (a materialised mask: padding, sliding windows,
-bidirectional image blocks; decoding one token; a GPU; a dtype the CPU kernel lacks) goes to the stock `sdpa`.
+cached key; so no L x (P + L) mask is built. The attention function (`cached_prefix_attention`) reads None with
+more keys than queries as that case; anything else (a materialised mask: padding, sliding windows, bidirectional
+image blocks; decoding one token; a GPU) goes to the stock `sdpa`.
 
-`split_prefix_attention(model)` switches a model's language model to these functions for a block of code and
+`maskless_prefix_attention(model)` switches a model's language model to these functions for a block of code and
 back; only a language model that uses `sdpa` is switched.
 """
 
@@ -25,14 +31,21 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-NAME = "aim_prefix_split"
+NAME = "aim_cached_prefix"
 _CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_EXTRAS = ("dropout", "softcap", "position_bias", "output_attentions", "sinks")  # the split path has none
+# keyword arguments the maskless paths do not implement: a call with any of them set takes the stock path
+_EXTRAS = (
+    "dropout",
+    "softcap",
+    "position_bias",
+    "output_attentions",
+    "sinks",
+)  # the maskless paths have none
 
 
 @contextmanager
-def split_prefix_attention(model: nn.Module) -> Iterator[bool]:
-    """Run the language model of `model` with the split attention inside the block; yields whether it switched."""
+def maskless_prefix_attention(model: nn.Module) -> Iterator[bool]:
+    """Run the language model of `model` with these functions inside the block; yields whether it switched."""
     config = model.config.get_text_config()
     before = config._attn_implementation
     if before != "sdpa":  # eager, flash, flex: their own kernels and masks, left alone
@@ -90,23 +103,40 @@ def prefix_mask(
     )
 
 
-def prefix_split_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
-    """An `AttentionInterface` function: the split path for `prefix_mask`'s None, else transformers' sdpa."""
+def cached_prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    """An `AttentionInterface` function: `prefix_mask`'s None attended without a mask, else transformers' sdpa."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     length, total = query.shape[2], key.shape[2]
     if attention_mask is None and 1 < length < total and getattr(module, "is_causal", True):
-        if _splittable(query, key, value, kwargs):
-            return split_attention(query, key, value, total - length, kwargs.get("scaling")), None
+        if not any(kwargs.get(k) for k in _EXTRAS):
+            return after_prefix(query, key, value, total - length, kwargs.get("scaling")), None
         attention_mask = lower_right_mask(length, total, query.device)  # what None stands for, made explicit
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-def split_attention(query, key, value, prefix: int, scale: float | None = None) -> torch.Tensor:
+def after_prefix(query, key, value, prefix: int, scale: float | None = None) -> torch.Tensor:
     """Attention of the L new queries over P = `prefix` cached keys plus L new keys (causal), (B, L, H, D).
 
-    query (B, H, L, D); key, value (B, H_kv, P + L, D): grouped key/value heads are repeated to H.
+    query (B, H, L, D); key, value (B, H_kv, P + L, D). The cheaper exact way (see the module doc).
     """
+    if 2 * prefix > query.shape[2] and _has_lse_kernel(query, key, value):
+        return split_attention(query, key, value, prefix, scale)
+    return padded_attention(query, key, value, prefix, scale)
+
+
+def padded_attention(query, key, value, prefix: int, scale: float | None = None) -> torch.Tensor:
+    """`after_prefix` by one causal call over P dummy queries and the L new ones, (B, L, H, D)."""
+    import torch.nn.functional as F
+
+    padded = torch.cat([query.new_zeros(*query.shape[:2], prefix, query.shape[-1]), query], dim=2)
+    grouped = query.shape[1] != key.shape[1]
+    out = F.scaled_dot_product_attention(padded, key, value, is_causal=True, scale=scale, enable_gqa=grouped)
+    return out[:, :, prefix:].transpose(1, 2).contiguous()
+
+
+def split_attention(query, key, value, prefix: int, scale: float | None = None) -> torch.Tensor:
+    """`after_prefix` by two maskless calls merged by their log-sum-exp (CPU only), (B, L, H, D)."""
     from transformers.integrations.sdpa_attention import repeat_kv
 
     groups = query.shape[1] // key.shape[1]
@@ -124,14 +154,9 @@ def lower_right_mask(length: int, total: int, device=None) -> torch.Tensor:
     return torch.ones(length, total, dtype=torch.bool, device=device).tril(total - length)
 
 
-def _splittable(query, key, value, kwargs: dict) -> bool:
-    """Whether the CPU flash kernel (which returns the log-sum-exp) can take this call as it is."""
-    return (
-        query.device.type == "cpu"
-        and query.dtype in _CPU_DTYPES
-        and key.shape[-1] == value.shape[-1]
-        and not any(kwargs.get(k) for k in _EXTRAS)
-    )
+def _has_lse_kernel(query, key, value) -> bool:
+    """Whether the CPU flash kernel (which returns the log-sum-exp) takes these tensors."""
+    return query.device.type == "cpu" and query.dtype in _CPU_DTYPES and key.shape[-1] == value.shape[-1]
 
 
 def _register() -> None:
@@ -140,6 +165,6 @@ def _register() -> None:
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     if NAME not in AttentionInterface._global_mapping:
-        AttentionInterface.register(NAME, prefix_split_attention)
+        AttentionInterface.register(NAME, cached_prefix_attention)
     if NAME not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
         AttentionMaskInterface.register(NAME, prefix_mask)

@@ -15,8 +15,8 @@ query, and shrinks (the cache is rebuilt) if a later query shares less.
 
 What it saves: the prefix's positions per query. Once a cache offset exists, transformers attends with an
 explicit mask instead of SDPA's causal fast path, and on CPU that kernel is 2-3x slower; so the cached calls run
-the language model with `core.prefix_attention`, which attends to the cached prefix and to the new positions
-apart (both maskless) and merges them exactly. `benchmarks/efficiency.py` measures the result.
+the language model with `core.prefix_attention`, which builds no mask and attends without one, exactly.
+`benchmarks/efficiency.py` measures the result.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from collections.abc import Iterable
 import torch
 
 from aim_icl.core.aim import AIM, DemoLike
-from aim_icl.core.prefix_attention import split_prefix_attention
+from aim_icl.core.prefix_attention import maskless_prefix_attention
 from aim_icl.core.prompt import query_parts
 from aim_icl.errors import AIMError
 
@@ -88,7 +88,7 @@ class PrefixCache:
         if self._cache is None:
             return self.aim.generate_from(inputs, max_new_tokens, **kwargs)
         kwargs[_cache_argument(self.aim.model)] = copy.deepcopy(self._cache)  # generate extends it in place
-        with split_prefix_attention(self.aim.model):
+        with maskless_prefix_attention(self.aim.model):
             return self.aim.generate_from(inputs, max_new_tokens, **kwargs)
 
     # -- internals ----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import time
 import torch
 
 from aim_icl.core.aim import AIM
-from aim_icl.core.batching import candidate_inputs, generate_batch, score_batch
+from aim_icl.core.batching import candidate_rows, generate_batch, score_batch
 from aim_icl.core.prompt import PromptTooLong
 from aim_icl.eval.items import Item
 from aim_icl.eval.memory import synchronize
@@ -50,9 +50,7 @@ def answer_batch(
     run = [i for i, b in enumerate(built) if b["inputs"] is not None and fits(b, max_new_tokens, context)]
     if run:
         generated = generate_batch(aim, [built[i]["inputs"] for i in run], max_new_tokens=max_new_tokens)
-        scores = (
-            _scores(aim, task, [built[i] for i in run], mode) if needs_scores(task) else [None] * len(run)
-        )
+        scores = _scores(aim, task, [built[i] for i in run]) if needs_scores(task) else [None] * len(run)
         for i, answer, score in zip(run, generated, scores):
             records[i] = _record(task, built[i], answer, score)
     synchronize(aim.backbone.device)
@@ -67,33 +65,23 @@ def fits(built: dict, max_new_tokens: int, context: int | None) -> bool:
 
 
 def _build(aim: AIM, task: Task, item: Item, demos: list, mode: str) -> dict:
-    image, text = item.load_image(), task.query_text(item)
-    if mode == "aim":  # fused once, for the generation prompt and every candidate's scoring row
-        demos = aim.fuse(demos)
+    text = task.query_text(item)
     try:
-        inputs = aim.build_inputs(image, text, demos, mode)
+        inputs = aim.build_inputs(item.load_image(), text, demos, mode)
     except PromptTooLong as err:
         return {"item": item, "inputs": None, "prompt_tokens": err.length}
-    prompt_tokens = int(inputs["input_ids"].shape[1])
-    return {
-        "item": item,
-        "image": image,
-        "text": text,
-        "demos": demos,
-        "inputs": inputs,
-        "prompt_tokens": prompt_tokens,
-    }
+    return {"item": item, "text": text, "inputs": inputs, "prompt_tokens": int(inputs["input_ids"].shape[1])}
 
 
-def _scores(aim: AIM, task: Task, run: list[dict], mode: str) -> list[list[float]]:
+def _scores(aim: AIM, task: Task, run: list[dict]) -> list[list[float]]:
     """Every query's candidates scored, `SCORE_BATCH` rows (candidates) per query and forward pass: a batch of
-    queries with few candidates is scored in one forward, a query with many in several."""
+    queries with few candidates is scored in one forward, a query with many in several. The rows extend the
+    generation prompt already built (no second prompt building)."""
     inputs, owners = [], []
     for row, b in enumerate(run):
         candidates = task.candidates_for(b["item"])
         for i in range(0, len(candidates), SCORE_BATCH):
-            chunk = candidates[i : i + SCORE_BATCH]
-            inputs.append(candidate_inputs(aim, b["image"], b["text"], chunk, b["demos"], mode))
+            inputs.append(candidate_rows(aim, b["inputs"], b["text"], candidates[i : i + SCORE_BATCH]))
             owners.append(row)
     scores: list[list[float]] = [[] for _ in run]
     for row, chunk in zip(owners, score_batch(aim, inputs, max_rows=SCORE_BATCH * len(run))):

@@ -98,7 +98,12 @@ class Trainer:
             model = load_model(cfg.model, dtype=self._backbone_dtype())
             processor = load_processor(cfg.model)
         return AIM(
-            model, processor, projector=cfg.projector, layer=cfg.layer, projector_name=cfg.projector_name
+            model,
+            processor,
+            projector=cfg.projector,
+            layer=cfg.layer,
+            projector_name=cfg.projector_name,
+            projector_options=cfg.projector_options,
         )
 
     def _place_backbone(self) -> None:
