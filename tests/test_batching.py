@@ -7,7 +7,7 @@ import torch
 from conftest import make_demos, tiny_aim
 
 from aim_icl import AIMError
-from aim_icl.core.batching import candidate_inputs, collate, generate_batch, score_batch
+from aim_icl.core.batching import answer_ids, collate, generate_batch, score_batch
 from aim_icl.testing.tiny import tiny_image
 
 # LLaVA (one image tensor per image), Qwen2-VL (flat patches, M-RoPE), SmolVLM (padded image stacks per row),
@@ -40,17 +40,21 @@ def test_batched_generation_equals_one_by_one(family, mode):
 @pytest.mark.parametrize("family", BATCH_FAMILIES)
 @pytest.mark.parametrize("mode", MODES)
 def test_batched_scores_equal_one_by_one(family, mode):
+    """Prompts read once with their cache, each answer on it, equal each answer scored on its full prompt."""
     aim = tiny_aim(family)
     candidates = ["yes", "no", "red cat"]
     asked = queries(mode)
-    alone = [aim.score(image, text, candidates, demos, mode) for image, text, demos in asked]
-    inputs = [candidate_inputs(aim, image, text, candidates, demos, mode) for image, text, demos in asked]
-    # one forward of all rows sums in another order than per-query forwards: float32 rounding only
+    alone = [aim.score(image, text, candidates, demos, mode).cpu() for image, text, demos in asked]
+    prompts = [aim.build_inputs(image, text, demos, mode) for image, text, demos in asked]
+    answers = [answer_ids(aim, text, candidates) for _, text, _ in asked]
+    # other shapes, masked attention and a split pass sum in another order: float32 rounding only
     for max_rows in (None, 4):
-        batched = score_batch(aim, inputs, max_rows=max_rows)
+        batched = score_batch(aim, prompts, answers, max_rows=max_rows)
         assert len(batched) == len(asked)
         for a, b in zip(alone, batched):
-            torch.testing.assert_close(b, a.cpu(), atol=1e-4, rtol=0)
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+    # the tolerance is far below what a wrong prompt changes: query 0's answers read after query 2's prompt
+    assert (score_batch(aim, prompts[2:], answers[:1])[0] - alone[0]).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("family", ("llava", "qwen2_vl", "gemma3"))

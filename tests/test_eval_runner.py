@@ -167,8 +167,8 @@ def test_items_with_their_own_demos_and_answer_sets(llava, monkeypatch):
     task = Task("own", "Question: {question} Answer:", ("likelihood_accuracy",), max_new_tokens=2)
     task = task.with_items([], [item(i) for i in range(3)])
     scored, read = [], []
-    score, encode = answering.candidate_rows, llava.encode
-    monkeypatch.setattr(answering, "candidate_rows", lambda *a: scored.append(tuple(a[3])) or score(*a))
+    score, encode = answering.answer_ids, llava.encode
+    monkeypatch.setattr(answering, "answer_ids", lambda *a: scored.append(tuple(a[2])) or score(*a))
     monkeypatch.setattr(
         llava, "encode", lambda demos, batch_size=8: read.extend(demos) or encode(demos, batch_size)
     )

@@ -81,53 +81,71 @@ def generate_batch(aim: AIM, inputs_list: Sequence[dict[str, torch.Tensor]], **g
     return [_decode(aim, row, stops, pad) for row in new_tokens]
 
 
-def candidate_inputs(aim: AIM, image, text: str, candidates: Sequence[str], demos, mode: str) -> dict:
-    """One query's scoring inputs: a row per candidate answer appended to the prompt (no EOS), labels on it."""
-    return candidate_rows(aim, aim.build_inputs(image, text, demos, mode), text, candidates)
-
-
-def candidate_rows(aim: AIM, inputs: dict[str, torch.Tensor], text: str, candidates: Sequence[str]) -> dict:
-    """`candidate_inputs` from the query's own `build_inputs` output (its generation prompt, built once).
-
-    Each candidate's tokens follow the prompt as generation would produce them (`PromptEncoder.answer_ids`), and
-    every per-token input grows with them as `build_batch` grows it for a target; the prompt's images are repeated
-    for each row. Rows are right-padded; `score_batch` realigns them.
-    """
-    per_token = [k for k in inputs if _is_per_token(inputs, k) and k != "inputs_embeds"]
-    rows = []
-    for candidate in candidates:
-        target = aim.encoder.answer_ids(text + aim.template.suffix, candidate)
-        row = aim.encoder._append_target({k: inputs[k][0] for k in per_token}, target)
-        row = {**inputs, **{k: v.unsqueeze(0) for k, v in row.items()}}  # (1, T + n) each
-        if "inputs_embeds" in inputs:  # the prompt's vectors (fused slots included), then the answer's own
-            tail = aim.backbone.embed(target).to(inputs["inputs_embeds"].dtype)
-            row["inputs_embeds"] = torch.cat([inputs["inputs_embeds"], tail[None]], dim=1)
-        rows.append(row)
-    return collate(aim, rows, padding_side="right")
+def answer_ids(aim: AIM, text: str, candidates: Sequence[str]) -> list[torch.Tensor]:
+    """Each candidate answer's tokens as they follow the query `text` in the prompt (what generation produces)."""
+    return [aim.encoder.answer_ids(text + aim.template.suffix, c) for c in candidates]
 
 
 @torch.no_grad()
 def score_batch(
-    aim: AIM, inputs_list: Sequence[dict[str, torch.Tensor]], max_rows: int | None = None
+    aim: AIM,
+    prompts: Sequence[dict[str, torch.Tensor]],
+    answers: Sequence[Sequence[torch.Tensor]],
+    max_rows: int | None = None,
 ) -> list[torch.Tensor]:
-    """Summed log-likelihood of every labelled row, per query: `[(n_candidates_i,) for each query]`.
+    """Summed log-likelihood of each query's candidate answers after its prompt: `[(n_i,) for each query]`.
 
-    Each query's inputs come from `candidate_inputs`; queries go through the model together, at most `max_rows`
-    rows per forward (always at least one whole query). Rows are left-padded with their own positions, so every
-    answer ends in the last column and logits are computed for the answers' columns only (a real vocabulary times
-    a long prompt would otherwise hold gigabytes of logits per row).
+    `prompts[i]`: query i's `build_inputs` output; `answers[i]`: its candidates' tokens (`answer_ids`). The prompts
+    go through the model once, left-padded with their own positions and keeping their KV cache; each candidate
+    then reads only its own tokens on a copy of its prompt's cache. At most `max_rows` candidates per pass (at
+    least one whole query). Equal to scoring each candidate on the full prompt up to float rounding.
     """
     scores: list[torch.Tensor] = []
-    for group in _groups(inputs_list, max_rows):
-        batch = collate(aim, group, padding_side="left", positions=True)
-        labels = batch.pop("labels")
-        width = int((labels != -100).sum(-1).max())  # the longest answer
-        logits = aim.forward(batch, logits_to_keep=width + 1).logits[:, :-1].float()  # (B, width, vocab)
-        labels = labels[:, -width:]  # column t of `logits` predicts column t of `labels`
-        logprobs = logits.log_softmax(-1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        sums = (logprobs * (labels != -100)).sum(-1).cpu()  # (B,)
-        scores += list(sums.split([len(inputs["input_ids"]) for inputs in group]))
+    for group in _groups(list(zip(prompts, answers)), max_rows):
+        scores += _score_group(aim, [p for p, _ in group], [a for _, a in group])
     return scores
+
+
+def _score_group(aim: AIM, prompts: list[dict], answers: list[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    batch = collate(aim, prompts, padding_side="left", positions=True)
+    out = aim.forward(batch, use_cache=True, logits_to_keep=1)
+    first = out.logits[:, -1].float().log_softmax(-1)  # (B, vocab): each prompt's next-token distribution
+    device = first.device
+    owner = torch.tensor([b for b, ids in enumerate(answers) for _ in ids], device=device)  # (R,)
+    ids = torch.nn.utils.rnn.pad_sequence(
+        [t.to(device) for ids in answers for t in ids], batch_first=True, padding_value=aim.encoder.pad_id
+    )  # (R, L)
+    lengths = torch.tensor([len(t) for ids in answers for t in ids], device=device)  # (R,)
+    cache = out.cache
+    cache.batch_select_indices(owner)  # a copy of its prompt's cache for every candidate
+    logits = aim.model(cache=cache, **_answer_inputs(aim, batch, owner, ids, lengths)).logits.float()
+    logprobs = torch.cat([first[owner, None], logits[:, :-1].log_softmax(-1)], dim=1)  # (R, L, vocab)
+    per_token = logprobs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (R, L): token t given the tokens before
+    sums = (per_token * (torch.arange(ids.shape[1], device=device) < lengths[:, None])).sum(-1).cpu()
+    return list(sums.split([len(ids) for ids in answers]))
+
+
+def _answer_inputs(
+    aim: AIM, batch: dict, owner: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor
+) -> dict:
+    """Model inputs for the answers' tokens after their cached prompts: mask over prompt and answer, positions
+    counting on from the prompt's last one (all M-RoPE sections alike, as for text after an image), and every other
+    per-token input as `PromptEncoder` extends it for a target (the prompt's last value, or the family's)."""
+    width = ids.shape[1]
+    steps = torch.arange(width, device=ids.device)
+    mask = torch.cat([batch["attention_mask"][owner], (steps < lengths[:, None]).long()], dim=1)  # (R, P + L)
+    prompt_positions = batch["position_ids"]  # (B, P), or (sections, B, P) for M-RoPE
+    last = prompt_positions.amax(-1) if prompt_positions.ndim == 2 else prompt_positions.amax(dim=(0, 2))
+    positions = (last[owner] + 1)[:, None] + steps  # (R, L)
+    if prompt_positions.ndim == 3:
+        positions = positions.expand(prompt_positions.shape[0], -1, -1)
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    overrides = aim.backbone.family.target_values
+    for key, value in batch.items():
+        if key not in inputs and key not in ("inputs_embeds", "labels") and _is_per_token(batch, key):
+            tail = value[owner, -1:].expand(-1, width)  # left-padded: column -1 is each prompt's last token
+            inputs[key] = torch.full_like(tail, overrides[key]) if key in overrides else tail
+    return inputs
 
 
 # -- internals ----------------------------------------------------------------------------------------------
@@ -207,15 +225,16 @@ def _positions(aim: AIM, batch: dict) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp_min(0)  # (B, T)
 
 
-def _groups(inputs_list: Sequence[dict], max_rows: int | None) -> list[list[dict]]:
-    groups: list[list[dict]] = []
+def _groups(queries: list[tuple[dict, Sequence]], max_rows: int | None) -> list[list[tuple[dict, Sequence]]]:
+    """Consecutive queries with at most `max_rows` answers in all (a query with more alone)."""
+    groups: list[list[tuple[dict, Sequence]]] = []
     rows = 0
-    for inputs in inputs_list:
-        n = len(inputs["input_ids"])
+    for query in queries:
+        n = len(query[1])
         if not groups or (max_rows is not None and rows + n > max_rows):
             groups.append([])
             rows = 0
-        groups[-1].append(inputs)
+        groups[-1].append(query)
         rows += n
     return groups
 
