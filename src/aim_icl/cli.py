@@ -21,6 +21,7 @@ VERBS = {
     "eval": "measure modes and shot counts on a benchmark: quality, prompt tokens, memory, latency",
     "bank": "build, describe, list and merge Demonstration Banks",
     "serve": "serve a model over HTTP: OpenAI-compatible chat completions with AIM demos, tasks, metrics",
+    "hub": "share projectors on the Hugging Face Hub: model cards and uploads",
 }
 
 

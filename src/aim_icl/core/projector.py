@@ -7,7 +7,7 @@ the backbone it belongs to plus a safetensors file, and refuses to load onto ano
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -15,41 +15,19 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from aim_icl.core.projector_config import (  # noqa: F401  (re-exported: the names' historic home)
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    BackboneSignature,
+    ProjectorConfig,
+    check_projector_config,
+    load_projector_config,
+)
 from aim_icl.errors import AIMError
 from aim_icl.registry import Registry
 
-CONFIG_NAME = "projector_config.json"
-WEIGHTS_NAME = "projector.safetensors"
-FORMAT_VERSION = 1
-
 PROJECTORS: Registry[type[nn.Module]] = Registry("projector")
-
-
-@dataclass(frozen=True)
-class BackboneSignature:
-    """What a projector is bound to: loading it onto a backbone with another signature is refused."""
-
-    model_type: str
-    hidden_size: int  # width of the hidden states the projector reads
-    embed_size: int  # width of the input embeddings it writes
-    name_or_path: str = ""
-
-    def mismatch(self, other: BackboneSignature) -> str | None:
-        """A human-readable difference, or None when `other` is the same backbone."""
-        for key in ("model_type", "hidden_size", "embed_size"):
-            if getattr(self, key) != getattr(other, key):
-                return f"{key} {getattr(self, key)!r} != {getattr(other, key)!r}"
-        if self.name_or_path and other.name_or_path and self.name_or_path != other.name_or_path:
-            return f"name_or_path {self.name_or_path!r} != {other.name_or_path!r}"
-        return None
-
-
-@dataclass
-class ProjectorConfig:
-    name: str  # key in PROJECTORS
-    backbone: BackboneSignature
-    options: dict = field(default_factory=dict)  # constructor keyword arguments
-    version: int = FORMAT_VERSION
 
 
 @PROJECTORS.register("residual")
@@ -133,33 +111,25 @@ def save_projector(projector: nn.Module, config: ProjectorConfig, directory: str
     return directory
 
 
-def load_projector_config(directory: str | Path) -> ProjectorConfig:
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise AIMError(f"no {CONFIG_NAME} in {directory}: pass a directory written by aim.save_projector")
-    try:
-        raw = json.loads(path.read_text())
-        return ProjectorConfig(
-            name=raw["name"],
-            backbone=BackboneSignature(**raw["backbone"]),
-            options=raw.get("options", {}),
-            version=raw.get("version", FORMAT_VERSION),
-        )
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise AIMError(f"{path} is not a valid projector config ({err}); re-save the projector") from None
+def load_projector(
+    source: str | Path, expected: BackboneSignature, revision: str | None = None
+) -> tuple[nn.Module, ProjectorConfig]:
+    """Load a saved projector from a local directory or a Hub repo (`org/name`, `org/name@revision` or
+    `revision=`), refusing one trained for another backbone.
 
+    From the Hub the config is fetched and checked first, so a projector for another backbone is refused before
+    its weights are downloaded or read; the weights then come from the same commit as the config.
+    """
+    from aim_icl.hub.resolve import fetch_file, hub_source
 
-def load_projector(directory: str | Path, expected: BackboneSignature) -> tuple[nn.Module, ProjectorConfig]:
-    """Load a saved projector, refusing one trained for another backbone."""
+    hub = hub_source(source, revision)
+    directory = Path(source) if hub is None else fetch_file(hub, CONFIG_NAME).parent
     config = load_projector_config(directory)
-    if config.version > FORMAT_VERSION:
-        raise AIMError(f"projector in {directory} has format {config.version}; upgrade aim-icl to load it")
-    if (diff := config.backbone.mismatch(expected)) is not None:
-        raise AIMError(
-            f"projector in {directory} belongs to another backbone ({diff}); load it onto the model it was trained for"
-        )
+    check_projector_config(config, expected, f"in {directory}" if hub is None else f"from {hub.label}")
     projector = build_projector(config)
-    weights = Path(directory) / WEIGHTS_NAME
+    weights = directory / WEIGHTS_NAME
+    if hub is not None:  # the snapshot folder is named after the commit the config came from
+        weights = fetch_file(hub.at(directory.name), WEIGHTS_NAME)
     if not weights.is_file():
         raise AIMError(f"no {WEIGHTS_NAME} in {directory}: the projector save is incomplete")
     try:

@@ -74,18 +74,22 @@ def save_model(model, processor, directory: Path, record: dict) -> Path:
 
 
 def load_shipped(
-    model: Path | None = None, projector: Path | None = None, with_projector: bool = True, **hf_kwargs
+    model: Path | None = None, projector: Path | str | None = None, with_projector: bool = True, **hf_kwargs
 ):
     """The world model with its AIM projector (default: the shipped ones), as an `AIM`; without the projector,
     `aim` mode gets an unfitted one (the other modes do not use it). `hf_kwargs` go to `AIM.from_pretrained`.
 
     Shipped files are checked against their fingerprints; a directory of your own needs only what its writer
-    wrote (`aim-icl world pretrain` for a model, `aim-icl train` or `save_projector` for a projector)."""
+    wrote (`aim-icl world pretrain` for a model, `aim-icl train` or `save_projector` for a projector); a projector
+    may also be a Hub repo id (`org/name[@revision]`)."""
     from aim_icl.core.aim import AIM
+    from aim_icl.hub.resolve import hub_source
 
     model_dir = _checked(model, MODEL_DIR, "config.json", "world model", "aim-icl world pretrain --out")
     projector_dir = None
-    if with_projector:
+    if with_projector and projector is not None and hub_source(projector) is not None:
+        projector_dir = str(projector)  # a Hub repo: loading checks it, before its weights are fetched
+    elif with_projector:
         projector_dir = _checked(
             projector, PROJECTOR_DIR, "projector_config.json", "projector", "aim-icl train --output"
         )
