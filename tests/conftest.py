@@ -37,6 +37,8 @@ RESULT_ROW_FIELDS = {
     "prompt_tokens",
     "peak_memory_mb",
     "latency_ms",
+    "failed",
+    *("prepare_s", "wait_s", "read_s", "build_s", "generate_s", "score_s"),  # where the time went
 }
 WORDS = ["red", "blue", "green", "cat", "dog", "bird", "circle", "square", "small", "large", "left", "right"]
 

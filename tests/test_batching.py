@@ -7,7 +7,15 @@ import torch
 from conftest import make_demos, tiny_aim
 
 from aim_icl import AIMError
-from aim_icl.core.batching import answer_ids, collate, generate_batch, score_batch
+from aim_icl.core.batching import (
+    answer_ids,
+    collate,
+    generate_batch,
+    generate_reading,
+    score_batch,
+    score_read,
+)
+from aim_icl.core.demo import Query
 from aim_icl.testing.tiny import tiny_image
 
 # LLaVA (one image tensor per image), Qwen2-VL (flat patches, M-RoPE), SmolVLM (padded image stacks per row),
@@ -28,6 +36,15 @@ def queries(mode: str, n: int = 3) -> list[tuple]:
     ]
 
 
+def full_prompt_scores(aim, image, text, candidates, demos, mode) -> torch.Tensor:
+    """The reference: each candidate appended to its own copy of the prompt, one forward, log-likelihoods summed."""
+    inputs = aim.build_batch([Query(image, text, demos, c) for c in candidates], mode=mode, eos=False)
+    logits = aim.forward(inputs).logits[:, :-1].float()  # (B, T-1, vocab): position t predicts token t+1
+    labels = inputs["labels"][:, 1:]
+    logprobs = logits.log_softmax(-1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return (logprobs * (labels != -100)).sum(-1).cpu()
+
+
 @pytest.mark.parametrize("family", BATCH_FAMILIES)
 @pytest.mark.parametrize("mode", MODES)
 def test_batched_generation_equals_one_by_one(family, mode):
@@ -44,15 +61,20 @@ def test_batched_scores_equal_one_by_one(family, mode):
     aim = tiny_aim(family)
     candidates = ["yes", "no", "red cat"]
     asked = queries(mode)
-    alone = [aim.score(image, text, candidates, demos, mode).cpu() for image, text, demos in asked]
+    alone = [full_prompt_scores(aim, image, text, candidates, demos, mode) for image, text, demos in asked]
     prompts = [aim.build_inputs(image, text, demos, mode) for image, text, demos in asked]
     answers = [answer_ids(aim, text, candidates) for _, text, _ in asked]
+    _, read = generate_reading(aim, prompts, max_new_tokens=3)  # the prompts as generation read them
     # other shapes, masked attention and a split pass sum in another order: float32 rounding only
-    for max_rows in (None, 4):
-        batched = score_batch(aim, prompts, answers, max_rows=max_rows)
+    for batched in [score_batch(aim, prompts, answers, max_rows=n) for n in (None, 4)] + [
+        score_read(aim, read, answers)
+    ]:
         assert len(batched) == len(asked)
         for a, b in zip(alone, batched):
-            torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=2e-5)
+    torch.testing.assert_close(
+        aim.score(*asked[1][:2], candidates, asked[1][2], mode), alone[1], atol=1e-4, rtol=0
+    )
     # the tolerance is far below what a wrong prompt changes: query 0's answers read after query 2's prompt
     assert (score_batch(aim, prompts[2:], answers[:1])[0] - alone[0]).abs().max() > 1e-2
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from conftest import RESULT_ROW_FIELDS
 
 from aim_icl import AIMError
 from aim_icl.core.placement import process_state
-from aim_icl.eval import answer as answering
+from aim_icl.core.prompt import PromptEncoder
 from aim_icl.eval import runner
 from aim_icl.eval.demos import open_pool_bank
 from aim_icl.eval.items import Item
@@ -56,7 +57,9 @@ def test_every_mode_end_to_end(llava, monkeypatch, tmp_path):
     read = []
     encode = llava.encode
     monkeypatch.setattr(
-        llava, "encode", lambda demos, batch_size=8: read.extend(demos) or encode(demos, batch_size)
+        llava,
+        "encode",
+        lambda demos, batch_size=8, **kw: read.extend(demos) or encode(demos, batch_size, **kw),
     )
     task = toy_task(n_test=3)
     rows = run_eval(llava, task, shots=[0, 2], trials=2, progress=False, output_dir=tmp_path)
@@ -80,21 +83,23 @@ def test_zero_mode_only(llava):
     assert {(r["mode"], r["shots"], r["trials"]) for r in rows} == {("zero", 0, 1)}
 
 
-@pytest.mark.parametrize("batch_size", [1, 2])
-def test_resume_after_interruption_equals_an_uninterrupted_run(llava, tmp_path, monkeypatch, batch_size):
-    options = {"shots": [2], "modes": ["aim"], "trials": 2, "progress": False, "limit": 3}
+@pytest.mark.parametrize("batch_size, workers", [(1, 0), (2, 0), (1, 1)])
+def test_resume_after_interruption_equals_an_uninterrupted_run(
+    llava, tmp_path, monkeypatch, batch_size, workers
+):
+    options = {"shots": [2], "modes": ["aim"], "trials": 2, "progress": False, "limit": 3, "workers": workers}
     full = run_eval(llava, toy_task(), output_dir=tmp_path / "full", **options)
 
     answered = []
-    answer = runner.answer_batch
+    answer = runner.answer_prepared
 
-    def interrupt_after_two(aim, task, asked, *args):
+    def interrupt_after_two(aim, task, prepared, *args):
         if len(answered) == 2:
             raise KeyboardInterrupt
-        answered.extend(item.id for item, _ in asked)
-        return answer(aim, task, asked, *args)
+        answered.extend(prepared.job.ids)
+        return answer(aim, task, prepared, *args)
 
-    monkeypatch.setattr(runner, "answer_batch", interrupt_after_two)
+    monkeypatch.setattr(runner, "answer_prepared", interrupt_after_two)
     with pytest.raises(KeyboardInterrupt):
         run_eval(llava, toy_task(), output_dir=tmp_path / "run", batch_size=batch_size, **options)
     predictions = tmp_path / "run" / "predictions.jsonl"
@@ -103,9 +108,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(llava, tmp_path, 
         f.write('{"mode": "aim", "shots": 2, "tr')  # a record cut short by the interruption
 
     answered.clear()
-    monkeypatch.setattr(
-        runner, "answer_batch", lambda *a: answered.extend(item.id for item, _ in a[2]) or answer(*a)
-    )
+    monkeypatch.setattr(runner, "answer_prepared", lambda *a: answered.extend(a[2].job.ids) or answer(*a))
     resumed = run_eval(llava, toy_task(), output_dir=tmp_path / "run", batch_size=batch_size, **options)
     assert len(answered) == 2 * 3 - 2  # only the unfinished queries
     assert values(resumed) == values(full)
@@ -167,17 +170,27 @@ def test_items_with_their_own_demos_and_answer_sets(llava, monkeypatch):
     task = Task("own", "Question: {question} Answer:", ("likelihood_accuracy",), max_new_tokens=2)
     task = task.with_items([], [item(i) for i in range(3)])
     scored, read = [], []
-    score, encode = answering.answer_ids, llava.encode
-    monkeypatch.setattr(answering, "answer_ids", lambda *a: scored.append(tuple(a[2])) or score(*a))
+    score, encode = PromptEncoder.query_answer_ids, llava.encode
+    monkeypatch.setattr(PromptEncoder, "query_answer_ids", lambda *a: scored.append(a[1:3]) or score(*a))
     monkeypatch.setattr(
-        llava, "encode", lambda demos, batch_size=8: read.extend(demos) or encode(demos, batch_size)
+        llava,
+        "encode",
+        lambda demos, batch_size=8, **kw: read.extend(demos) or encode(demos, batch_size, **kw),
     )
     rows = run_eval(
-        llava, task, shots=[1, 3], modes=["text", "aim"], trials=1, selection="support", progress=False
+        llava,
+        task,
+        shots=[1, 3],
+        modes=["text", "aim"],
+        trials=1,
+        selection="support",
+        progress=False,
+        workers=0,
     )
 
     assert {(r["mode"], r["shots"]) for r in rows} == {("text", 1), ("text", 3), ("aim", 1), ("aim", 3)}
-    assert set(scored) == {(f"dax{i}", f"wug{i}") for i in range(3)}  # each query ranks its own candidates
+    assert set(scored) == {("Question: name? Answer:", c) for i in range(3) for c in (f"dax{i}", f"wug{i}")}
+    assert len(scored) == 2 * 3 * 4  # each query ranks its own candidates, in each of the 4 cells
     assert sorted(d.text for d in read) == sorted(
         f"Question: name? Answer: {a}" for i in range(3) for a in (f"dax{i}", f"wug{i}", f"dax{i}")
     )  # own demos, read once
@@ -188,8 +201,10 @@ def test_items_with_their_own_demos_and_answer_sets(llava, monkeypatch):
 def test_a_prompt_past_the_context_is_reported_as_not_fitting(llava, tmp_path, monkeypatch):
     """icl's prompt grows by an image per demo: past the model's context it is not run, and the row says so."""
     zero = run_eval(llava, toy_task(n_test=2), shots=[0], modes=["zero"], progress=False)[0]["prompt_tokens"]
-    monkeypatch.setattr(llava.backbone, "max_length", int(zero) + 3 + 8)  # the query + 8 answer tokens fit
-    rows = run_eval(llava, toy_task(n_test=2), shots=[0, 2], progress=False, output_dir=tmp_path)
+    context = int(zero) + 3 + 8  # the query + 8 answer tokens fit
+    monkeypatch.setattr(llava.backbone, "max_length", context)
+    monkeypatch.setattr(llava.encoder, "layout", replace(llava.encoder.layout, max_length=context))
+    rows = run_eval(llava, toy_task(n_test=2), shots=[0, 2], progress=False, output_dir=tmp_path, workers=0)
     fits = {(r["mode"], r["shots"]): r["fits"] for r in rows}
     assert fits == {("zero", 0): True, ("text", 2): False, ("icl", 2): False, ("aim", 2): False}
     icl = next(r for r in rows if r["mode"] == "icl")
@@ -219,15 +234,15 @@ def test_batched_run_equals_one_query_at_a_time(llava, tmp_path):
 
 def test_out_of_memory_halves_the_batch_for_the_rest_of_the_run(llava, monkeypatch):
     sizes = []
-    answer = runner.answer_batch
+    answer = runner.answer_prepared
 
-    def small_device(aim, task, asked, *args):
-        sizes.append(len(asked))
-        if len(asked) > 2:
+    def small_device(aim, task, prepared, *args):
+        sizes.append(len(prepared.job.ids))
+        if len(prepared.job.ids) > 2:
             raise torch.OutOfMemoryError("out of memory")
-        return answer(aim, task, asked, *args)
+        return answer(aim, task, prepared, *args)
 
-    monkeypatch.setattr(runner, "answer_batch", small_device)
+    monkeypatch.setattr(runner, "answer_prepared", small_device)
     rows = run_eval(llava, toy_task(n_test=4), shots=[0, 2], modes=["zero", "text"], trials=1, progress=False,
                     batch_size=4)  # fmt: skip
     # zero cell: 4 fails, its halves (2 + 2) run; the text cell starts at 2
@@ -237,6 +252,6 @@ def test_out_of_memory_halves_the_batch_for_the_rest_of_the_run(llava, monkeypat
     def no_memory(*args):
         raise torch.OutOfMemoryError("out of memory")
 
-    monkeypatch.setattr(runner, "answer_batch", no_memory)
+    monkeypatch.setattr(runner, "answer_prepared", no_memory)
     with pytest.raises(torch.OutOfMemoryError):  # a single query that does not fit is the user's to know
         run_eval(llava, toy_task(n_test=1), shots=[0], modes=["zero"], trials=1, progress=False, batch_size=1)

@@ -25,13 +25,20 @@ class StatesCache:
     `store`: `"memory"` (this process's RAM, on the CPU in `dtype`; None keeps the dtype read), a `DemoBank`
     (on disk in the bank's dtype; shared with later runs and `aim-icl bank`), or None (nothing kept: every demo
     is read every time, for corpora too large to keep). `remember`: also keep what a bank gave in memory (a
-    small pool asked for again and again, as in evaluation).
+    small pool asked for again and again, as in evaluation). `workers`: processes preparing the demos' images
+    and prompts ahead of the model (`AIM.encode`).
     """
 
     def __init__(
-        self, aim, store=MEMORY, dtype: torch.dtype | None = None, batch_size: int = 8, remember: bool = False
+        self,
+        aim,
+        store=MEMORY,
+        dtype: torch.dtype | None = None,
+        batch_size: int = 8,
+        remember: bool = False,
+        workers: int = 0,
     ):
-        self.aim, self.dtype, self.batch_size = aim, dtype, batch_size
+        self.aim, self.dtype, self.batch_size, self.workers = aim, dtype, batch_size, workers
         self.bank = None if store is None or store == MEMORY else store  # keys in a bank are content keys
         self.remember = store == MEMORY or (self.bank is not None and remember)
         self.read = self.reused = 0
@@ -77,7 +84,7 @@ class StatesCache:
         if self.bank is not None:  # the bank reads them, stores them in its dtype, and gives them back
             self.bank.write(demos, keys, self.batch_size)
             return [self.bank.get(k) for k in keys]
-        states = self.aim.encode(demos, batch_size=self.batch_size)
+        states = self.aim.encode(demos, batch_size=self.batch_size, workers=self.workers)
         if not self.remember:  # used once and dropped: as read, on the model's device and in its dtype
             return states
         return [

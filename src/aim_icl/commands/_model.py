@@ -13,8 +13,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, projector: bool = True)
     if projector:
         parser.add_argument(
             "--projector",
-            help="projector directory written by save_projector / aim-icl train "
-            "(default without --model: the world model's own)",
+            help="projector directory written by save_projector / aim-icl train, or a Hugging Face Hub repo "
+            "org/name[@revision] (default without --model: the world model's own)",
         )
 
 
@@ -54,3 +54,13 @@ def load_aim(
 def add_demo_argument(parser: argparse.ArgumentParser, help: str) -> None:
     """--demo IMAGE TEXT, repeatable: the demonstrations a verb reads."""
     parser.add_argument("--demo", nargs=2, action="append", default=[], metavar=("IMAGE", "TEXT"), help=help)
+
+
+def add_workers_argument(parser: argparse.ArgumentParser) -> None:
+    """--workers N: processes preparing images and prompts ahead of the model (`aim_icl.core.pipeline`)."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes that load images and build prompts ahead of the model "
+        "(default: the cores less one, at most 8; 0: in the model's thread)",
+    )

@@ -15,6 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from aim_icl.commands._model import add_workers_argument
 from aim_icl.core.modes import MODES
 from aim_icl.errors import AIMError
 
@@ -38,9 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the rows (the harness's results format) here")
     parser.add_argument("--model", type=Path, help="world model directory (default: the shipped one)")
-    parser.add_argument("--projector", type=Path, help="projector directory (default: the shipped one)")
+    parser.add_argument(
+        "--projector", type=Path, help="projector directory or Hub repo org/name (default: the shipped one)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--batch-size", type=int, help="queries per forward pass (default: 16 on a CPU)")
+    add_workers_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             selection="support",
             seed=args.seed,
             batch_size=args.batch_size,
+            workers=args.workers,
         )
     print(summary_table(rows))
     tables = shots_tables(rows)

@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from aim_icl.commands._model import add_model_arguments, fresh_projector, load_aim
+from aim_icl.commands._model import add_model_arguments, add_workers_argument, fresh_projector, load_aim
 from aim_icl.core.dtypes import FLOAT_DTYPES
 from aim_icl.core.modes import MODES
 from aim_icl.errors import AIMError
@@ -54,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="queries per forward pass (default: 16 on a CPU, 64 on a GPU, halved on OOM)",
     )
+    add_workers_argument(parser)
     parser.add_argument(
         "--fit-demos", type=int, default=256, help="pool demos to fit the copy map on (no projector)"
     )
@@ -95,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         bank=args.bank,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
+        workers=args.workers,
     )
     if state.is_main_process:
         print(markdown_table(rows))

@@ -15,11 +15,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from aim_icl.core.backbone import Backbone, resolve_backbone
-from aim_icl.core.demo import Demo, DemoStates, Query, load_image
+from aim_icl.core.demo import Demo, DemoStates, Query
 from aim_icl.core.loading import load_model, load_processor
-from aim_icl.core.modes import MODES
+from aim_icl.core.modes import MODES  # noqa: F401  (re-exported: callers import the modes from here)
+from aim_icl.core.pipeline import PreparePool, default_workers, release_memory
 from aim_icl.core.projector import ProjectorConfig, build_projector, load_projector, save_projector
-from aim_icl.core.prompt import Encoded, Part, PromptEncoder, PromptTemplate, Slots, query_parts
+from aim_icl.core.prompt import Encoded, PromptEncoder, PromptTemplate, check_mode
 from aim_icl.errors import AIMError
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class AIM:
         self.model = model.eval().requires_grad_(False)
         self.backbone: Backbone = resolve_backbone(model, processor)
         self.template = template or default_template(processor, self.backbone)
-        self.encoder = PromptEncoder(processor, self.backbone, self.template)
+        self.encoder = PromptEncoder(processor, self.backbone.layout, self.template)
         self.layer = layer
         self.projector_config = ProjectorConfig(
             projector_name, self.backbone.signature, projector_options or {}
@@ -60,17 +61,31 @@ class AIM:
         elif isinstance(projector, (str, Path)):
             projector, self.projector_config = load_projector(projector, self.backbone.signature)
         self.projector: nn.Module = projector.to(self.backbone.device)
+        self._pool: PreparePool | None = None
 
     @classmethod
     def from_pretrained(
-        cls, model_id_or_dir: str | Path, projector: str | Path | None = None, **hf_kwargs
+        cls,
+        model_id_or_dir: str | Path,
+        projector: str | Path | None = None,
+        revision: str | None = None,
+        **hf_kwargs,
     ) -> AIM:
         """Load model and processor from a hub id or directory, then wrap them.
 
-        `projector`: a directory written by `save_projector` (None: a fresh one). The keyword arguments
+        `projector`: a directory written by `save_projector`, or a Hugging Face Hub repo `org/name` (None: a fresh
+        one); `revision`: that repo's branch, tag or commit (or spell it `org/name@revision`). A Hub projector's
+        config is checked against the backbone before its weights are fetched. The keyword arguments
         `template`, `layer`, `projector_name` and `projector_options` are `AIM`'s own; every other keyword goes to
         `AutoModelForImageTextToText.from_pretrained` (e.g. `dtype`, `device_map`).
         """
+        from aim_icl.hub.resolve import REVISION_MARK, hub_source
+
+        if projector is None and revision is not None:
+            raise AIMError(f"revision={revision!r} is a Hub projector's revision, and no projector was given")
+        hub = None if projector is None else hub_source(projector, revision)  # bad input fails before loading
+        if hub is not None and hub.revision:
+            projector = f"{hub.repo_id}{REVISION_MARK}{hub.revision}"
         own = ("template", "layer", "projector_name", "projector_options")
         aim_kwargs = {k: hf_kwargs.pop(k) for k in own if k in hf_kwargs}
         model = load_model(model_id_or_dir, **hf_kwargs)
@@ -79,28 +94,77 @@ class AIM:
     def save_projector(self, directory: str | Path) -> Path:
         return save_projector(self.projector, self.projector_config, directory)
 
+    def push_projector_to_hub(
+        self, repo_id: str, private: bool | None = None, commit_message: str | None = None, **push_kwargs
+    ) -> str:
+        """Upload the projector to the Hub repo `repo_id` (created if missing) in one commit: its weights, its
+        config and a model card naming this backbone with its fingerprint. Returns the commit's URL.
+
+        `push_kwargs` go to `aim_icl.hub.push.push_projector`: `revision`, `token` (default: `HF_TOKEN` or
+        `hf auth login`), `base_model`, and for the card `results` (`aim-icl eval` rows) and `datasets`.
+        """
+        import tempfile
+
+        from aim_icl.bank.fingerprint import backbone_fingerprint
+        from aim_icl.hub.push import push_projector
+
+        push_kwargs.setdefault("fingerprint", backbone_fingerprint(self))
+        with tempfile.TemporaryDirectory() as directory:
+            self.save_projector(directory)
+            return push_projector(directory, repo_id, private, commit_message, **push_kwargs)
+
     # -- reading demonstrations -------------------------------------------------------------------------------
 
-    def encode(self, demos: Sequence[Demo], batch_size: int = 8, progress: bool = False) -> list[DemoStates]:
+    def encode(
+        self, demos: Sequence[Demo], batch_size: int = 8, progress: bool = False, workers: int | None = 0
+    ) -> list[DemoStates]:
         """Read demos through the frozen backbone: pre-projector hidden states over each demo's text tokens.
 
         Each demo is read as the model's normal single-image input, the query layout with the demo's text in the
-        query's place. Batches are right-padded, so each row matches its one-by-one reading.
+        query's place. Batches are right-padded, so each row matches its one-by-one reading; a batch that runs out
+        of device memory is read in halves. `workers`: processes preparing the batches' images and prompts ahead
+        of the model (`core.pipeline`; 0: in this thread, None: the machine's default).
         """
+        batches = [demos[i : i + batch_size] for i in range(0, len(demos), batch_size)]
+        prepared = self.pipeline(workers).map(PromptEncoder.prepare_reading, [(b,) for b in batches])
         states: list[DemoStates] = []
-        starts = range(0, len(demos), batch_size)
-        for start in tqdm(starts, desc="reading demos", unit="batch", disable=not progress):
-            batch = demos[start : start + batch_size]
-            ids = [self.encoder.text_ids(d.text) for d in batch]
-            prompts = [self._reading_parts(d, i) for d, i in zip(batch, ids)]
-            encoded = self.encoder.encode(prompts)
-            hidden = self._hidden_states(encoded.inputs)  # (B, T, hidden)
-            for row, (demo, token_ids) in enumerate(zip(batch, ids)):
-                pos = encoded.slot_positions[row][0]
-                states.append(
-                    DemoStates(hidden[row, pos].detach(), token_ids, demo.text, dict(demo.metadata))
-                )
+        bar = tqdm(total=len(demos), desc="reading demos", unit="demo", disable=not progress)
+        for batch, encoded in zip(batches, prepared):
+            states += self.read_states(batch, encoded)
+            bar.update(len(batch))
+        bar.close()
         return states
+
+    @torch.no_grad()
+    def read_states(self, demos: Sequence[Demo], encoded: Encoded) -> list[DemoStates]:
+        """The states of demos whose reading `encoder.prepare_reading(demos)` prepared (in halves on out-of-memory)."""
+        try:
+            hidden = self._hidden_states(encoded.inputs)  # (B, T, hidden)
+        except torch.OutOfMemoryError:
+            if len(demos) == 1:
+                raise
+            release_memory(self.backbone.device)
+            half = len(demos) // 2
+            logger.warning("out of memory reading %d demos at once: reading halves", len(demos))
+            return [
+                s for part in (demos[:half], demos[half:]) for s in self.read_states(part, self.encoder.prepare_reading(part))
+            ]  # fmt: skip
+        states = []
+        for row, demo in enumerate(demos):
+            pos = encoded.slot_positions[row][0]
+            token_ids = self.encoder.text_ids(demo.text)
+            states.append(DemoStates(hidden[row, pos].detach(), token_ids, demo.text, dict(demo.metadata)))
+        return states
+
+    def pipeline(self, workers: int | None = 0) -> PreparePool:
+        """The pool of worker processes that prepare this AIM's prompts on the CPU (`core.pipeline`), kept
+        across calls; `workers=None` takes the machine's default, 0 prepares in the calling thread."""
+        workers = default_workers() if workers is None else workers
+        if self._pool is None or self._pool.workers != workers:
+            if self._pool is not None:
+                self._pool.close()
+            self._pool = PreparePool(self.encoder, workers)
+        return self._pool
 
     def aggregate(
         self, demo: Demo | Sequence[Demo], batch_size: int = 8
@@ -181,25 +245,34 @@ class AIM:
     ) -> dict[str, torch.Tensor]:
         """Batched `build_inputs`, one row per `Query` (right-padded).
 
-        Targets end with EOS unless `eos` is False (scoring candidate answers).
+        Targets end with EOS unless `eos` is False (scoring candidate answers). The prompts are encoded on the CPU
+        (`encoder.prepare`), then the demos' fused vectors are written in on the model's device (`finish`).
         """
-        if mode not in MODES:
-            raise AIMError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+        check_mode(mode)
+        fused = None
         if mode == "aim":  # every demo of the batch fused at once: one reading pass, one projector call
-            fused = iter(self.fuse([d for q in queries for d in q.demos]))
-            queries = [replace(q, demos=[next(fused) for _ in q.demos]) for q in queries]
-        prompts, targets = [], []
-        for query in queries:
-            if mode == "zero" and query.demos:
-                raise AIMError("mode 'zero' takes no demos; pass demos=[] or use mode 'text', 'icl' or 'aim'")
-            image = None if query.image is None else load_image(query.image)
-            demos = [self._demo_parts(d, mode) for d in query.demos]
-            prompts.append(query_parts(self.template, image, query.text, demos))
-            targets.append(None if query.target is None else self._target_ids(query.text, query.target, eos))
-        if any(t is not None for t in targets) and not all(t is not None for t in targets):
-            raise AIMError("give every query in a batch a target, or none")
-        encoded = self.encoder.encode(prompts, targets if targets[0] is not None else None)
-        return self._to_model_inputs(encoded, prompts)
+            vectors = iter(self.fuse([d for q in queries for d in q.demos]))
+            fused = [[next(vectors) for _ in q.demos] for q in queries]
+            queries = [replace(q, demos=row) for q, row in zip(queries, fused)]
+        return self.finish(self.encoder.prepare(queries, mode, eos), fused)
+
+    def finish(self, encoded: Encoded, fused: Sequence[Sequence[torch.Tensor]] | None = None) -> dict:
+        """Model inputs on the device from prompts the encoder prepared: `fused[row][j]` (aim mode) is written at
+        row's j-th demo slot in `inputs_embeds`. Without fused vectors, exactly the model's normal inputs."""
+        device = self.backbone.device
+        inputs = {k: v.to(device) for k, v in encoded.inputs.items()}
+        if not fused or not any(fused):
+            return inputs
+        embeds = self.backbone.embed(inputs["input_ids"]).clone()  # (B, T, embed)
+        for row, vectors in enumerate(fused):
+            for pos, vector in zip(encoded.slot_positions[row], vectors, strict=True):
+                if vector.ndim != 2 or vector.shape[-1] != embeds.shape[-1]:
+                    raise AIMError(
+                        f"a fused demo must be (n_tokens, {embeds.shape[-1]}), got {tuple(vector.shape)}"
+                    )
+                embeds[row, pos.to(device)] = vector.to(device, embeds.dtype)
+        inputs["inputs_embeds"] = embeds
+        return inputs
 
     def forward(self, inputs: dict[str, torch.Tensor], **kwargs):
         """A forward pass on `build_inputs` output (e.g. a training step with `labels`).
@@ -220,15 +293,14 @@ class AIM:
     ) -> torch.Tensor:
         """Log-likelihood of each candidate answer after the prompt, summed over its tokens: (n_candidates,).
 
-        For closed answer sets (classification, ROC-AUC from yes/no scores); demos are read once for all candidates.
+        For closed answer sets (classification, ROC-AUC from yes/no scores); the prompt is read once for all
+        candidates (`core.batching.score_batch`).
         """
-        demos = self.fuse(list(demos)) if mode == "aim" else list(demos)
-        inputs = self.build_batch([Query(image, text, demos, c) for c in candidates], mode=mode, eos=False)
-        logits = self.forward(inputs).logits[:, :-1].float()  # (B, T-1, vocab): position t predicts token t+1
-        labels = inputs["labels"][:, 1:]
-        mask = labels != -100
-        logprobs = logits.log_softmax(-1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        return (logprobs * mask).sum(-1)
+        from aim_icl.core.batching import score_batch
+
+        inputs = self.build_inputs(image, text, demos, mode)
+        answers = [self.encoder.query_answer_ids(text, c) for c in candidates]
+        return score_batch(self, [inputs], [answers])[0]
 
     @torch.no_grad()
     def generate(
@@ -255,62 +327,11 @@ class AIM:
 
     # -- internals ----------------------------------------------------------------------------------------------
 
-    def _reading_parts(self, demo: Demo, token_ids: torch.Tensor) -> list[Part]:
-        image = None if demo.image is None else load_image(demo.image)
-        parts = query_parts(self.template, image, "", [])
-        return [*parts[:-1], Slots(token_ids), parts[-1]]
-
-    def _demo_parts(self, demo: DemoLike, mode: str) -> list[Part]:
-        if isinstance(demo, torch.Tensor):
-            if mode != "aim":
-                raise AIMError(
-                    f"fused tensors can only be used in mode 'aim', not {mode!r}; pass Demo objects"
-                )
-            if demo.ndim != 2 or demo.shape[-1] != self.backbone.embed_size:
-                raise AIMError(
-                    f"a fused demo must be (n_tokens, {self.backbone.embed_size}), got {tuple(demo.shape)}"
-                )
-            return [Slots(torch.full((len(demo),), self.encoder.placeholder_id), demo)]
-        if isinstance(demo, DemoStates):  # in `aim` mode states arrive fused
-            if mode == "icl":
-                raise AIMError("cached demo states hold no image; mode 'icl' needs Demo objects")
-            return [Slots(demo.token_ids)]
-        if not isinstance(demo, Demo):
-            raise AIMError(f"demos must be Demo, DemoStates or fused tensors, not {type(demo).__name__}")
-        ids = Slots(self.encoder.text_ids(demo.text))
-        if mode == "icl":
-            if demo.image is None:
-                raise AIMError("mode 'icl' needs every demo to have an image")
-            return [load_image(demo.image), ids]
-        return [ids]
-
-    def _to_model_inputs(self, encoded: Encoded, prompts: list[list[Part]]) -> dict[str, torch.Tensor]:
-        device = self.backbone.device
-        inputs = {k: v.to(device) for k, v in encoded.inputs.items()}
-        fused = [
-            (row, pos, slot.embeds)
-            for row, parts in enumerate(prompts)
-            for pos, slot in zip(encoded.slot_positions[row], (p for p in parts if isinstance(p, Slots)))
-            if slot.embeds is not None
-        ]
-        if not fused:
-            return inputs  # no virtual tokens: exactly the model's normal inputs
-        embeds = self.backbone.embed(inputs["input_ids"]).clone()  # (B, T, embed)
-        for row, pos, vectors in fused:
-            embeds[row, pos.to(device)] = vectors.to(device, embeds.dtype)
-        inputs["inputs_embeds"] = embeds
-        return inputs
-
     @torch.no_grad()
     def _hidden_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v.to(self.backbone.device) for k, v in inputs.items()}
         out = self.model(**inputs, output_hidden_states=True, logits_to_keep=1)
         return out.hidden_states[self.layer]
-
-    def _target_ids(self, text: str, target: str, eos: bool) -> torch.Tensor:
-        ids = self.encoder.answer_ids(text + self.template.suffix, target)
-        eos_id = self.encoder.tokenizer.eos_token_id
-        return ids if eos_id is None or not eos else torch.cat([ids, torch.tensor([eos_id])])
 
     def _warn_if_unfitted(self) -> None:
         fitted = getattr(self.projector, "fitted", None)

@@ -38,6 +38,16 @@ for _name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"):
 FAMILIES.register("paligemma", Family(images_first=True, target_values={"token_type_ids": 1}))
 
 
+@dataclass(frozen=True)
+class TokenLayout:
+    """What building a prompt needs to know of a backbone: plain data, so a prompt encoder holding it pickles
+    (worker processes prepare prompts with no model)."""
+
+    family: Family
+    image_token_id: int
+    max_length: int | None  # the LM's context; None: unknown
+
+
 @dataclass
 class Backbone:
     """The frozen MLLM plus what the generic path reads off it."""
@@ -50,6 +60,10 @@ class Backbone:
     max_length: int | None
     signature: BackboneSignature
     rope_index: Callable | None  # M-RoPE position function (Qwen-VL style), None for 1-D positions
+
+    @property
+    def layout(self) -> TokenLayout:
+        return TokenLayout(self.family, self.image_token_id, self.max_length)
 
     @property
     def device(self) -> torch.device:

@@ -17,11 +17,14 @@ rounding: masked attention and batched matrix products sum in another order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from aim_icl.core.aim import AIM, forwarding_inputs_embeds
+from aim_icl.core.prompt import is_per_token
 from aim_icl.errors import AIMError
 
 # The fill of each per-token key in padded positions (others: 0); `input_ids` takes the encoder's pad id.
@@ -51,7 +54,7 @@ def collate(
     batch = {}
     for key in inputs_list[0]:
         values = [inputs[key] for inputs in inputs_list]
-        if _is_per_token(inputs_list[0], key):
+        if is_per_token(inputs_list[0], key):
             batch[key] = torch.cat([_pad_tokens(aim, key, v, width, padding_side) for v in values])
         else:
             batch[key] = torch.cat(_pad_trailing(values))
@@ -68,22 +71,54 @@ def generate_batch(aim: AIM, inputs_list: Sequence[dict[str, torch.Tensor]], **g
     streamer, stopping criteria pass through). With `num_return_sequences=n`, each query's n answers follow each
     other. Greedy answers equal one-by-one answers up to float rounding in masked attention.
     """
+    return generate_reading(aim, inputs_list, keep=False, **generate_kwargs)[0]
+
+
+@dataclass
+class ReadPrompts:
+    """A left-padded batch of prompts as the model read them: inputs (with positions), each row's next-token
+    log-probabilities (B, vocab), and the KV cache over the prompts (what scoring candidates needs)."""
+
+    batch: dict[str, torch.Tensor]
+    first: torch.Tensor
+    cache: Any
+
+
+@torch.no_grad()
+def generate_reading(
+    aim: AIM, inputs_list: Sequence[dict[str, torch.Tensor]], keep: bool = True, **generate_kwargs
+) -> tuple[list[str], ReadPrompts | None]:
+    """`generate_batch`, also keeping the prompts as generation read them (`keep`, greedy only): candidates can
+    then be scored on them (`score_read`) without reading the prompts again. None where the cache cannot be cut
+    back to the prompts (sliding-window layers)."""
     generate_kwargs.setdefault("max_new_tokens", 32)
     generate_kwargs.setdefault("do_sample", False)
     generate_kwargs.setdefault("pad_token_id", aim.encoder.pad_id)
+    if keep:
+        generate_kwargs.update(return_dict_in_generate=True, output_logits=True)
     batch = collate(aim, inputs_list, padding_side="left")
     with forwarding_inputs_embeds(aim.model):
         output = aim.model.generate(**batch, **generate_kwargs)
     sequences = getattr(output, "sequences", output)  # a dict with return_dict_in_generate=True
-    new_tokens = sequences[:, batch["input_ids"].shape[1] :]  # (B * n, new)
-    stops = _eos_ids(aim, generate_kwargs)
+    width = batch["input_ids"].shape[1]
+    new_tokens = sequences[:, width:]  # (B * n, new)
+    config = generate_kwargs.get("generation_config")
+    stops = eos_ids(aim, generate_kwargs.get("eos_token_id") or getattr(config, "eos_token_id", None))
     pad = generate_kwargs["pad_token_id"]
-    return [_decode(aim, row, stops, pad) for row in new_tokens]
+    texts = [_decode(aim, row, stops, pad) for row in new_tokens]
+    cache = getattr(output, "cache", None) if keep else None
+    if cache is None or not getattr(cache, "is_croppable", True) or len(sequences) != len(batch["input_ids"]):
+        return texts, None
+    extra = cache.get_seq_length() - width
+    if extra:
+        cache.crop(-extra)  # the prompts alone: the generated tokens go
+    batch["position_ids"] = _positions(aim, batch)
+    return texts, ReadPrompts(batch, output.logits[0].float().log_softmax(-1), cache)
 
 
 def answer_ids(aim: AIM, text: str, candidates: Sequence[str]) -> list[torch.Tensor]:
     """Each candidate answer's tokens as they follow the query `text` in the prompt (what generation produces)."""
-    return [aim.encoder.answer_ids(text + aim.template.suffix, c) for c in candidates]
+    return [aim.encoder.query_answer_ids(text, c) for c in candidates]
 
 
 @torch.no_grad()
@@ -93,30 +128,49 @@ def score_batch(
     answers: Sequence[Sequence[torch.Tensor]],
     max_rows: int | None = None,
 ) -> list[torch.Tensor]:
-    """Summed log-likelihood of each query's candidate answers after its prompt: `[(n_i,) for each query]`.
+    """Summed log-likelihood of each prompt row's candidate answers: `[(n_i,) for each row]`.
 
-    `prompts[i]`: query i's `build_inputs` output; `answers[i]`: its candidates' tokens (`answer_ids`). The prompts
-    go through the model once, left-padded with their own positions and keeping their KV cache; each candidate
-    then reads only its own tokens on a copy of its prompt's cache. At most `max_rows` candidates per pass (at
-    least one whole query). Equal to scoring each candidate on the full prompt up to float rounding.
+    `prompts`: `build_inputs` / `build_batch` outputs (one or more rows each); `answers[i]`: the candidates' tokens
+    (`answer_ids`) for row i of all the prompts' rows in order. The prompts go through the model once, left-padded
+    with their own positions and keeping their KV cache; each candidate then reads only its own tokens on a copy
+    of its prompt's cache. At most `max_rows` candidates per pass (at least one whole prompt). Equal to scoring
+    each candidate on the full prompt up to float rounding.
     """
+    rows = [len(p["input_ids"]) for p in prompts]
+    if sum(rows) != len(answers):
+        raise AIMError(f"give one list of candidates per prompt row: {sum(rows)} rows, {len(answers)} lists")
+    starts = [sum(rows[:i]) for i in range(len(rows))]
+    per_prompt = [list(answers[start : start + n]) for start, n in zip(starts, rows)]
     scores: list[torch.Tensor] = []
-    for group in _groups(list(zip(prompts, answers)), max_rows):
-        scores += _score_group(aim, [p for p, _ in group], [a for _, a in group])
+    for group in _groups(list(zip(prompts, per_prompt)), max_rows):
+        scores += _score_group(aim, [p for p, _ in group], [a for _, rows in group for a in rows])
     return scores
+
+
+@torch.no_grad()
+def score_read(aim: AIM, read: ReadPrompts, answers: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """`score_batch` on prompts generation already read (`generate_reading`): `answers[i]` for row i. Uses up
+    `read`'s cache."""
+    return _score_answers(aim, read.batch, read.first, read.cache, answers)
 
 
 def _score_group(aim: AIM, prompts: list[dict], answers: list[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
     batch = collate(aim, prompts, padding_side="left", positions=True)
     out = aim.forward(batch, use_cache=True, logits_to_keep=1)
     first = out.logits[:, -1].float().log_softmax(-1)  # (B, vocab): each prompt's next-token distribution
+    return _score_answers(aim, batch, first, out.cache, answers)
+
+
+def _score_answers(
+    aim: AIM, batch: dict, first: torch.Tensor, cache, answers: Sequence[Sequence[torch.Tensor]]
+) -> list[torch.Tensor]:
+    """Each row's candidates read on a copy of its prompt's cache (`first`: the prompts' next-token log-probs)."""
     device = first.device
     owner = torch.tensor([b for b, ids in enumerate(answers) for _ in ids], device=device)  # (R,)
     ids = torch.nn.utils.rnn.pad_sequence(
         [t.to(device) for ids in answers for t in ids], batch_first=True, padding_value=aim.encoder.pad_id
     )  # (R, L)
     lengths = torch.tensor([len(t) for ids in answers for t in ids], device=device)  # (R,)
-    cache = out.cache
     cache.batch_select_indices(owner)  # a copy of its prompt's cache for every candidate
     logits = aim.model(cache=cache, **_answer_inputs(aim, batch, owner, ids, lengths)).logits.float()
     logprobs = torch.cat([first[owner, None], logits[:, :-1].log_softmax(-1)], dim=1)  # (R, L, vocab)
@@ -142,7 +196,7 @@ def _answer_inputs(
     inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
     overrides = aim.backbone.family.target_values
     for key, value in batch.items():
-        if key not in inputs and key not in ("inputs_embeds", "labels") and _is_per_token(batch, key):
+        if key not in inputs and key not in ("inputs_embeds", "labels") and is_per_token(batch, key):
             tail = value[owner, -1:].expand(-1, width)  # left-padded: column -1 is each prompt's last token
             inputs[key] = torch.full_like(tail, overrides[key]) if key in overrides else tail
     return inputs
@@ -182,14 +236,10 @@ def _align(inputs: dict, side: str) -> dict:
     index = (torch.arange(length, device=mask.device)[None] - shift[:, None]) % length  # (B, T)
     out = dict(inputs)
     for key, value in inputs.items():
-        if _is_per_token(inputs, key):
+        if is_per_token(inputs, key):
             gather = index.view(*index.shape, *[1] * (value.ndim - 2)).expand_as(value)
             out[key] = value.gather(1, gather)
     return out
-
-
-def _is_per_token(inputs: dict, key: str) -> bool:
-    return inputs[key].shape[:2] == inputs["input_ids"].shape
 
 
 def _pad_tokens(aim: AIM, key: str, value: torch.Tensor, width: int, side: str) -> torch.Tensor:
@@ -225,12 +275,12 @@ def _positions(aim: AIM, batch: dict) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp_min(0)  # (B, T)
 
 
-def _groups(queries: list[tuple[dict, Sequence]], max_rows: int | None) -> list[list[tuple[dict, Sequence]]]:
-    """Consecutive queries with at most `max_rows` answers in all (a query with more alone)."""
-    groups: list[list[tuple[dict, Sequence]]] = []
+def _groups(prompts: list[tuple[dict, list]], max_rows: int | None) -> list[list[tuple[dict, list]]]:
+    """Consecutive prompts with at most `max_rows` answers in all (a prompt with more alone)."""
+    groups: list[list[tuple[dict, list]]] = []
     rows = 0
-    for query in queries:
-        n = len(query[1])
+    for query in prompts:
+        n = sum(len(a) for a in query[1])
         if not groups or (max_rows is not None and rows + n > max_rows):
             groups.append([])
             rows = 0
@@ -239,16 +289,18 @@ def _groups(queries: list[tuple[dict, Sequence]], max_rows: int | None) -> list[
     return groups
 
 
-def _eos_ids(aim: AIM, generate_kwargs: dict) -> set[int]:
-    eos = generate_kwargs.get("eos_token_id")
+def eos_ids(aim: AIM, eos=None) -> set[int]:
+    """Every token that ends an answer: `eos` when given (a `generate` argument), else the generation config's
+    end tokens and the tokenizer's."""
     if eos is None:
-        config = generate_kwargs.get("generation_config") or aim.model.generation_config
-        eos = config.eos_token_id
-    if eos is None:
-        return set()
-    return {
-        int(e) for e in (eos.tolist() if torch.is_tensor(eos) else eos if isinstance(eos, list) else [eos])
-    }
+        eos = aim.model.generation_config.eos_token_id
+        extra = aim.encoder.tokenizer.eos_token_id
+    else:
+        extra = None
+    if torch.is_tensor(eos):
+        eos = eos.tolist()
+    ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    return {int(i) for i in (ids if extra is None else ids | {extra})}
 
 
 def _decode(aim: AIM, tokens: torch.Tensor, stops: set[int], pad_id: int) -> str:

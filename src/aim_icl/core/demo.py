@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,13 +17,15 @@ if TYPE_CHECKING:  # tensors only in annotations: importing demos (e.g. for CLI 
     import torch
 
 ImageLike = Image.Image | str | Path | bytes
+# an image, or a zero-argument callable that makes one (rendered or read only when a prompt needs its pixels)
+ImageSource = ImageLike | Callable[[], ImageLike]
 
 
 @dataclass
 class Demo:
     """One image-text demonstration, e.g. `Demo(image, "Question: what colour? Answer: red")`."""
 
-    image: ImageLike | None
+    image: ImageSource | None
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -53,17 +55,20 @@ class Query:
     with `target`, its tokens follow the prompt and carry the loss (`labels`).
     """
 
-    image: ImageLike | None
+    image: ImageSource | None
     text: str
     demos: Sequence[Demo | DemoStates | torch.Tensor] = ()
     target: str | None = None
 
 
-def load_image(image: ImageLike) -> Image.Image:
+def load_image(image: ImageSource) -> Image.Image:
     """Open an image and convert it to 8-bit RGB: palette, alpha, grey and 16-bit images are converted.
 
-    Alpha is composited on white (what a viewer shows); 16-bit and 32-bit grey are rescaled to 8 bits.
+    Alpha is composited on white (what a viewer shows); 16-bit and 32-bit grey are rescaled to 8 bits. A callable
+    is called first (a lazily read dataset row, a rendered scene).
     """
+    if callable(image):
+        image = image()
     if isinstance(image, Image.Image):
         img = image
     else:

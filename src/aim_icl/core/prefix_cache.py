@@ -30,7 +30,7 @@ import torch
 
 from aim_icl.core.aim import AIM, DemoLike
 from aim_icl.core.prefix_attention import maskless_prefix_attention
-from aim_icl.core.prompt import query_parts
+from aim_icl.core.prompt import is_per_token, query_parts
 from aim_icl.errors import AIMError
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,16 @@ class PrefixCache:
     @torch.no_grad()
     def generate(self, image, text: str, max_new_tokens: int = 32, **kwargs) -> str:
         """Answer one query after the cached demos: same result as `aim.generate(image, text, demos, mode)`."""
-        inputs = self.aim.build_inputs(image, text, self.demos, self.mode)
+        return self.generate_from(self.build_inputs(image, text), max_new_tokens, **kwargs)
+
+    def build_inputs(self, image, text: str) -> dict[str, torch.Tensor]:
+        """The query's full inputs after the cached demos (what `generate_from` takes)."""
+        return self.aim.build_inputs(image, text, self.demos, self.mode)
+
+    @torch.no_grad()
+    def generate_from(self, inputs: dict[str, torch.Tensor], max_new_tokens: int = 32, **kwargs) -> str:
+        """Answer from `build_inputs`' output, computing only the positions past the cached prefix."""
+        inputs = dict(inputs)
         # explicit M-RoPE positions: `generate` would reuse state (rope deltas) left by an earlier call
         if self.aim.backbone.rope_index is not None:
             inputs["position_ids"] = self.aim.backbone.positions(inputs)  # (3, 1, T)
@@ -95,7 +104,7 @@ class PrefixCache:
 
     def _expected_ids(self) -> torch.Tensor:
         """Token ids of the shared prefix encoded on its own, (1, P0): where a query's demo part should end."""
-        parts = [self.aim._demo_parts(d, self.mode) for d in self.demos]
+        parts = [self.aim.encoder.demo_parts(d, self.mode) for d in self.demos]
         prefix = query_parts(self.aim.template, None, "", parts)[:-2]  # without query text and suffix
         return self.aim.encoder.encode([prefix]).inputs["input_ids"].to(self.aim.backbone.device)
 
@@ -118,9 +127,8 @@ class PrefixCache:
                 length,
                 self._expected.shape[1],
             )
-        per_token = [k for k, v in inputs.items() if _is_per_token(v, inputs["input_ids"])]
-        kept = [*per_token, "inputs_embeds"] if "inputs_embeds" in inputs else per_token
-        self._prefix = {k: inputs[k][:, :length].clone() for k in kept}
+        per_token = [k for k in inputs if is_per_token(inputs, k)]  # inputs_embeds included
+        self._prefix = {k: inputs[k][:, :length].clone() for k in per_token}
         self._cache = self._forward(inputs, per_token, length) if length else None
 
     def _forward(self, inputs: dict[str, torch.Tensor], per_token: list[str], length: int):
@@ -139,10 +147,6 @@ class PrefixCache:
         )
         out = self.aim.model(**prefix, use_cache=True, logits_to_keep=1)
         return out.cache if hasattr(out, "cache") else out.past_key_values
-
-
-def _is_per_token(value: torch.Tensor, input_ids: torch.Tensor) -> bool:
-    return isinstance(value, torch.Tensor) and value.shape == input_ids.shape
 
 
 def _cache_argument(model) -> str:

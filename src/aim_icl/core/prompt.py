@@ -10,15 +10,19 @@ embedding is then overwritten with a fused vector. Both modes therefore share on
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
-from aim_icl.core.backbone import Backbone
+from aim_icl.core.backbone import TokenLayout
+from aim_icl.core.demo import Demo, DemoStates, Query, load_image
+from aim_icl.core.modes import MODES
 from aim_icl.errors import AIMError
 
 SLOT_TOKEN = "<|aim_slot|>"
+TEXT_IDS_KEPT = 65536  # demo texts whose tokens an encoder keeps (then it starts over)
 _TEXT = "AIMQUERYTEXTSENTINEL"
 
 
@@ -74,10 +78,13 @@ def query_parts(template: PromptTemplate, image, text: str, demos: list[list[Par
 
 @dataclass
 class Encoded:
+    """Prompts encoded on the CPU, before any fused vector is written."""
+
     inputs: dict[
         str, torch.Tensor
     ]  # processor outputs, widened, right-padded; `labels` when targets were given
     slot_positions: list[list[torch.Tensor]]  # [row][slot] -> positions (n,) of that Slots part
+    lengths: list[int]  # each row's real length (its prompt tokens, the target's included)
 
 
 class PromptTooLong(AIMError):
@@ -91,26 +98,40 @@ class PromptTooLong(AIMError):
 
 
 class PromptEncoder:
-    """Turns part lists into model inputs through a private copy of the processor (with one added marker token)."""
+    """Turns queries into model inputs on the CPU, through a private copy of the processor (one added marker token).
 
-    def __init__(self, processor, backbone: Backbone, template: PromptTemplate):
+    It holds no model (of the backbone it knows only the `TokenLayout`), so it pickles: worker processes prepare
+    prompts with it ahead of the model (`core.pipeline`). In `aim` mode every demo's slots hold the placeholder id;
+    the fused vectors are written there afterwards, on the model's device (`AIM.finish`).
+    """
+
+    def __init__(self, processor, layout: TokenLayout, template: PromptTemplate):
         self.processor = copy.deepcopy(processor)  # the marker token must not leak into the user's tokenizer
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.add_tokens([SLOT_TOKEN], special_tokens=True)
         self.slot_id = self.tokenizer.convert_tokens_to_ids(SLOT_TOKEN)
-        self.backbone = backbone
+        self.layout = layout
         self.template = template
-        self.placeholder_id = _placeholder_id(self.tokenizer, backbone.image_token_id)
+        self.placeholder_id = _placeholder_id(self.tokenizer, layout.image_token_id)
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.placeholder_id
         )
+        self._ids: dict[
+            str, torch.Tensor
+        ] = {}  # demo text -> its tokens: demos recur across cells and queries
 
     def text_ids(self, text: str) -> torch.Tensor:
         """A demo text's own tokens: no BOS or other tokens a processor adds around it."""
-        if not text or not text.strip():
-            raise AIMError("demo text is empty; every demonstration needs some text")
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return torch.tensor(ids, dtype=torch.long)
+        ids = self._ids.get(text)
+        if ids is None:
+            if not text or not text.strip():
+                raise AIMError("demo text is empty; every demonstration needs some text")
+            if len(self._ids) >= TEXT_IDS_KEPT:
+                self._ids.clear()
+            ids = self._ids[text] = torch.tensor(
+                self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long
+            )
+        return ids
 
     def answer_ids(self, context: str, answer: str) -> torch.Tensor:
         """An answer's tokens as they follow `context` (what generation would produce), not as tokenized alone.
@@ -128,7 +149,74 @@ class PromptEncoder:
             ids, prefix = self.tokenizer(answer.lstrip(), add_special_tokens=False)["input_ids"], []
         return torch.tensor(ids[len(prefix) :], dtype=torch.long)
 
-    def encode(self, prompts: list[list[Part]], targets: list[torch.Tensor] | None = None) -> Encoded:
+    def query_answer_ids(self, text: str, answer: str, eos: bool = False) -> torch.Tensor:
+        """An answer's tokens after the query `text` in the prompt (+ EOS, for a training target)."""
+        ids = self.answer_ids(text + self.template.suffix, answer)
+        eos_id = self.tokenizer.eos_token_id
+        return ids if eos_id is None or not eos else torch.cat([ids, torch.tensor([eos_id])])
+
+    def prepare(
+        self, queries: Sequence[Query], mode: str, eos: bool = True, check_length: bool = True
+    ) -> Encoded:
+        """The queries' prompts in `mode` (one processor call): images loaded, demos laid out as the mode says.
+
+        With targets (all queries or none), their tokens (+ EOS unless `eos` is False) follow each prompt and
+        `labels` mark them alone. `check_length`: refuse a batch with a prompt past the model's context.
+        """
+        check_mode(mode)
+        prompts, targets = [], []
+        for query in queries:
+            if mode == "zero" and query.demos:
+                raise AIMError("mode 'zero' takes no demos; pass demos=[] or use mode 'text', 'icl' or 'aim'")
+            image = None if query.image is None else load_image(query.image)
+            demos = [self.demo_parts(d, mode) for d in query.demos]
+            prompts.append(query_parts(self.template, image, query.text, demos))
+            targets.append(
+                None if query.target is None else self.query_answer_ids(query.text, query.target, eos)
+            )
+        if any(t is not None for t in targets) and not all(t is not None for t in targets):
+            raise AIMError("give every query in a batch a target, or none")
+        return self.encode(prompts, targets if targets[0] is not None else None, check_length)
+
+    def prepare_reading(self, demos: Sequence[Demo]) -> Encoded:
+        """Demos as the backbone reads them: each its normal single-image input, the query layout with the demo's
+        text (one slot of its own tokens) in the query's place."""
+        prompts = []
+        for demo in demos:
+            image = None if demo.image is None else load_image(demo.image)
+            parts = query_parts(self.template, image, "", [])
+            prompts.append([*parts[:-1], Slots(self.text_ids(demo.text)), parts[-1]])
+        return self.encode(prompts)
+
+    def demo_parts(self, demo, mode: str) -> list[Part]:
+        """One demo's parts in `mode`: its text's slot (the placeholder id in `aim`), after its image in `icl`.
+
+        `demo`: a `Demo`, its `DemoStates`, a fused tensor (n_tokens, embed) or token ids (n_tokens,).
+        """
+        if isinstance(demo, torch.Tensor):
+            if mode != "aim" and (demo.ndim != 1 or demo.is_floating_point()):
+                raise AIMError(
+                    f"fused tensors can only be used in mode 'aim', not {mode!r}; pass Demo objects"
+                )
+            ids = demo if demo.ndim == 1 else torch.zeros(len(demo), dtype=torch.long)
+        elif isinstance(demo, DemoStates):
+            if mode == "icl":
+                raise AIMError("cached demo states hold no image; mode 'icl' needs Demo objects")
+            ids = demo.token_ids
+        elif isinstance(demo, Demo):
+            ids = self.text_ids(demo.text)
+        else:
+            raise AIMError(f"demos must be Demo, DemoStates or fused tensors, not {type(demo).__name__}")
+        slot = Slots(torch.full_like(ids, self.placeholder_id) if mode == "aim" else ids)
+        if mode != "icl":
+            return [slot]
+        if demo.image is None:
+            raise AIMError("mode 'icl' needs every demo to have an image")
+        return [load_image(demo.image), slot]
+
+    def encode(
+        self, prompts: list[list[Part]], targets: list[torch.Tensor] | None = None, check_length: bool = True
+    ) -> Encoded:
         rendered = [self._render(parts) for parts in prompts]
         texts = [text for text, _, _ in rendered]
         images = [imgs for _, imgs, _ in rendered]
@@ -151,12 +239,13 @@ class PromptEncoder:
                 row = self._append_target(row, targets[i])
             rows.append(row)
             positions.append(pos)
-        inputs = {k: v for k, v in out.items() if not _is_per_token(v, out["input_ids"])}
+        inputs = {k: v for k, v in out.items() if not is_per_token(out, k)}
         inputs.update(self._pad(rows))
-        length = inputs["input_ids"].shape[1]
-        if self.backbone.max_length is not None and length > self.backbone.max_length:
-            raise PromptTooLong(length, self.backbone.max_length)
-        return Encoded(inputs=inputs, slot_positions=positions)
+        lengths = [len(r["input_ids"]) for r in rows]
+        context = self.layout.max_length
+        if check_length and context is not None and max(lengths) > context:
+            raise PromptTooLong(max(lengths), context)
+        return Encoded(inputs=inputs, slot_positions=positions, lengths=lengths)
 
     def _render(self, parts: list[Part]) -> tuple[str, list[Image.Image], list[Slots]]:
         text, images, slots = [], [], []
@@ -170,7 +259,7 @@ class PromptEncoder:
                 text.append(self.template.image)
                 images.append(part)
         text = "".join(text)
-        if self.backbone.family.images_first:
+        if self.layout.family.images_first:
             text = self.template.image * len(images) + text.replace(self.template.image, "")
         return text, images, slots
 
@@ -184,7 +273,7 @@ class PromptEncoder:
             if "attention_mask" in out
             else torch.ones_like(ids, dtype=torch.bool)
         )
-        per_token = {k: v[i][keep] for k, v in out.items() if _is_per_token(v, out["input_ids"])}
+        per_token = {k: v[i][keep] for k, v in out.items() if is_per_token(out, k)}
         markers = (per_token["input_ids"] == self.slot_id).nonzero().flatten().tolist()
         if len(markers) != len(slots):
             raise AIMError("a demo text or template contains the reserved slot token; remove it")
@@ -205,7 +294,7 @@ class PromptEncoder:
     def _append_target(self, row: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Append the answer tokens after the prompt, as generation would produce them, with labels on them only."""
         n = len(target)
-        overrides = self.backbone.family.target_values
+        overrides = self.layout.family.target_values
         out = {}
         for key, values in row.items():
             tail = target.to(values) if key == "input_ids" else values[-1:].repeat(n)
@@ -231,8 +320,19 @@ class PromptEncoder:
         return batch
 
 
-def _is_per_token(value: torch.Tensor, input_ids: torch.Tensor) -> bool:
-    return value.shape == input_ids.shape
+def is_per_token(inputs: dict[str, torch.Tensor], key: str) -> bool:
+    """Whether `inputs[key]` has a value per token, (B, T, ...) like `input_ids` (pixel inputs never do)."""
+    value = inputs[key]
+    return (
+        isinstance(value, torch.Tensor)
+        and not key.startswith("pixel_")
+        and value.shape[:2] == inputs["input_ids"].shape
+    )
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise AIMError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
 
 
 def _placeholder_id(tokenizer, image_token_id: int) -> int:

@@ -6,9 +6,13 @@ prompt length of the generation prompt), `peak_memory_mb` (largest over the row'
 `memory.py` for what it measures), `memory` (what kind of peak), `latency_ms` (mean model time per query: prompt
 building, generation and candidate scoring, a batch's time shared equally by its queries; demo reading excluded),
 `demo_read_s` (time spent reading new demos through the backbone, `aim` mode), `throughput_qps` (queries per second
-of wall time, demo reading and image loading included, summed over processes), `queries`, `selection`, `seeds`, and
+of wall time, demo reading and image loading included, summed over processes), `queries`, `selection`, `seeds`,
 `fits`: False when the mode's prompt did not fit the model's context at this shot count (nothing was generated;
-value, std and costs are NaN)."""
+value, std and costs are NaN), `failed`: queries that could not be answered (an unreadable image; logged with the
+item id, left out of the scores), and where the time went, in seconds summed over the row's cells (`STAGES`):
+`prepare_s` (images and prompts on the CPU, in the pipeline's workers or inline), `wait_s` (the model's thread
+waiting for a prepared batch: large when preparation bounds the run), `read_s` (demo reading), `build_s` (fusing and
+writing the demos in), `generate_s`, `score_s`."""
 
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ from aim_icl.eval.task import Task
 
 logger = logging.getLogger(__name__)
 
+# where a cell's time goes, in order (`eval.answer.Stages` measures them)
+STAGES = ("prepare_s", "wait_s", "read_s", "build_s", "generate_s", "score_s")
+
 
 def rows_from_records(
     task: Task,
@@ -35,10 +42,13 @@ def rows_from_records(
     selection: str,
 ) -> list[dict]:
     items = {q.id: q for q in queries}
-    by_cell = defaultdict(list)
+    by_cell, failed = defaultdict(list), defaultdict(set)
     for record in predictions:
         if record["id"] in items:
-            by_cell[(record["mode"], int(record["shots"]), int(record["trial"]))].append(record)
+            cell = (record["mode"], int(record["shots"]), int(record["trial"]))
+            (failed[cell].add(record["id"]) if "error" in record else by_cell[cell].append(record))
+    for cell, ids in failed.items():  # failed once, answered on a rerun: answered
+        ids -= {r["id"] for r in by_cell[cell]}
     groups = defaultdict(list)  # (mode, shots) -> cells in trial order
     for cell in cells:
         groups[(cell.mode, cell.shots)].append(cell)
@@ -75,6 +85,7 @@ def rows_from_records(
                     "selection": selection if shots else None,
                     "seeds": [c.seed for c in group],
                     "fits": True,
+                    "failed": max(len(failed[(c.mode, c.shots, c.trial)]) for c in group),
                 }
             )
     return rows
@@ -94,7 +105,8 @@ def _not_fitting(task: Task, mode: str, shots: int, records: list[dict], selecti
     }
     row.update(prompt_tokens=float(np.mean([r["prompt_tokens"] for r in records])), fits=False)
     row.update(peak_memory_mb=nan, memory=None, latency_ms=nan, demo_read_s=nan, throughput_qps=nan)
-    row.update(queries=len(records), selection=selection if shots else None)
+    row.update(queries=len(records), selection=selection if shots else None, failed=0)
+    row.update(dict.fromkeys(STAGES, nan))
     return [{**row, "metric": metric} for metric in task.metric_names()]
 
 
@@ -111,6 +123,7 @@ def _cost(records: list[dict], stats: list[dict]) -> dict:
         "latency_ms": float(np.mean([r["latency_ms"] for r in records])),
         "demo_read_s": float(sum(s["encode_s"] for s in stats)),
         "throughput_qps": sum(n / wall for n, wall in by_rank.values() if wall > 0) or float("nan"),
+        **{stage: float(sum(s.get(stage, 0.0) for s in stats)) for stage in STAGES},
     }
 
 

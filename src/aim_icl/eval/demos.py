@@ -45,11 +45,17 @@ class DemoSource:
     """
 
     def __init__(
-        self, aim: AIM, task: Task, pool: list[Item], bank: PoolBank | None = None, batch_size: int = 8
+        self,
+        aim: AIM,
+        task: Task,
+        pool: list[Item],
+        bank: PoolBank | None = None,
+        batch_size: int = 8,
+        workers: int = 0,
     ):
         self.aim, self.task, self.pool = aim, task, pool
         store = MEMORY if bank is None else bank.bank
-        self.cache = StatesCache(aim, store, batch_size=batch_size, remember=True)
+        self.cache = StatesCache(aim, store, batch_size=batch_size, remember=True, workers=workers)
         self._keys = list(range(len(pool))) if bank is None else bank.keys  # pool index -> cache key
         self._index = {key: i for i, key in enumerate(self._keys)}
         self.encode_seconds = 0.0
@@ -58,6 +64,11 @@ class DemoSource:
         if mode == "aim":
             return self.states(indices)
         return [self.task.demo(self.pool[i]) for i in indices]
+
+    def layouts(self, indices: list[int], mode: str) -> list[Demo]:
+        """The demos as a prompt lays them out: their texts, and their (unread) image sources in `icl` mode."""
+        demos = [self.task.demo(self.pool[i]) for i in indices]
+        return demos if mode == "icl" else [Demo(None, d.text) for d in demos]
 
     def states(self, indices: list[int]) -> list[DemoStates]:
         start, read = time.perf_counter(), self.cache.read

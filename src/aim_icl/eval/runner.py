@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,10 +20,19 @@ from tqdm.auto import tqdm
 
 from aim_icl.bank.fingerprint import weights_hash
 from aim_icl.core.aim import AIM, MODES
+from aim_icl.core.demo import Query
+from aim_icl.core.pipeline import default_workers, release_memory
 from aim_icl.core.placement import process_state
 from aim_icl.errors import AIMError
 from aim_icl.eval.aggregate import rows_from_records
-from aim_icl.eval.answer import answer_batch, default_batch_size
+from aim_icl.eval.answer import (
+    BatchJob,
+    PreparedBatch,
+    Stages,
+    answer_prepared,
+    default_batch_size,
+    prepare_batch,
+)
 from aim_icl.eval.demos import DemoSource, open_pool_bank
 from aim_icl.eval.items import Item
 from aim_icl.eval.memory import PeakMemory
@@ -33,6 +42,8 @@ from aim_icl.eval.store import PredictionStore
 from aim_icl.eval.task import Task
 
 logger = logging.getLogger(__name__)
+
+DEMO_BATCH = 64  # demos read per forward pass at least (a cell's new demos are read together)
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,7 @@ def run_eval(
     max_new_tokens: int | None = None,
     progress: bool = True,
     batch_size: int | None = None,
+    workers: int | None = None,
 ) -> list[dict]:
     """Evaluate `task` (items loaded) and return one row per (mode, shots, metric); see `aggregate` for fields.
 
@@ -74,11 +86,14 @@ def run_eval(
     `selection` from a pool of `pool_size` train items drawn with `seed`; trial t uses seed `seed + t`. With
     selection `support`, a query's k demos are the first k of its own (`Item.support`), the same in every trial.
     A cell's queries go through the model `batch_size` at a time (default: `answer.default_batch_size`); answers
-    and scores equal one-by-one answering, whatever the batch size.
+    and scores equal one-by-one answering, whatever the batch size. `workers` processes prepare the batches'
+    images and prompts ahead of the model (None: `core.pipeline.default_workers()`; 0: in this thread).
     """
     _check_arguments(task, shots, modes, trials, selection)
     if batch_size is not None and batch_size < 1:
         raise AIMError(f"batch_size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 0:
+        raise AIMError(f"workers must be 0 (prepare in this thread) or more, got {workers}")
     queries = task.test if limit is None else task.test[:limit]
     max_shots = max(shots) if set(modes) - {"zero"} else 0
     if selection == "support":
@@ -98,8 +113,9 @@ def run_eval(
         select = SELECTIONS.get(selection)(pool=pool, bank=pool_bank)
         n_new = max_new_tokens or task.max_new_tokens
         size = batch_size or default_batch_size(aim.backbone.device)
-        source = DemoSource(aim, task, pool, pool_bank, batch_size=max(8, size))  # demos read as many at once
-        run = _Run(aim, task, select, source, store, n_new, size)
+        workers = default_workers() if workers is None else workers
+        source = DemoSource(aim, task, pool, pool_bank, batch_size=max(DEMO_BATCH, size), workers=workers)
+        run = _Run(aim, task, select, source, store, n_new, size, workers)
         run.evaluate(
             cells, queries[state.process_index :: state.num_processes], progress and state.is_main_process
         )
@@ -127,6 +143,7 @@ class _Run:
     store: PredictionStore
     max_new_tokens: int
     batch_size: int = 1
+    workers: int = 0
 
     def evaluate(self, cells: list[Cell], queries: list[Item], progress: bool) -> None:
         todo = {c: [q for q in queries if _key(c, q) not in self.store.done] for c in cells}
@@ -140,46 +157,80 @@ class _Run:
 
     def run_cell(self, cell: Cell, items: list[Item], bar) -> None:
         """Answer the cell's unfinished queries a batch at a time, appending each batch's records as it is done;
-        then one stats record for the stretch."""
-        start, encode_start = time.perf_counter(), self.source.encode_seconds
+        then one stats record for the stretch. Batches are prepared by the pipeline's workers ahead of the model;
+        in `aim` mode the cell's new demos are read first, all together, in large batches."""
+        start, stages = time.perf_counter(), Stages()
+        picks = [self._picks(cell, q) for q in items]
         with PeakMemory(self.aim.backbone.device) as peak:
-            done = 0
-            while done < len(items):
-                batch = items[done : done + self.batch_size]
-                picks = [self._picks(cell, q) for q in batch]
-                if cell.mode == "aim":  # read the batch's new demos in one batched pass
-                    self.source.demos([i for p in picks for i in p], cell.mode)
-                asked = [(q, self.source.demos(p, cell.mode)) for q, p in zip(batch, picks)]
-                for record in self.answer(asked, cell.mode):
+            if cell.mode == "aim":
+                with stages.time("read_s", self.aim):
+                    self.source.states([i for p in picks for i in p])
+            starts = range(0, len(items), self.batch_size)
+            jobs = [
+                (self._job(cell, items[i : i + self.batch_size], picks[i : i + self.batch_size]),)
+                for i in starts
+            ]
+            prepared_batches = self.aim.pipeline(self.workers).map(prepare_batch, jobs)
+            for offset in starts:
+                with stages.time("wait_s"):
+                    prepared = next(prepared_batches)
+                stages.add("prepare_s", prepared.seconds)
+                batch_picks = picks[offset : offset + self.batch_size]
+                for record in self.answer(prepared, batch_picks, cell.mode, stages):
+                    self._log_failure(record)
                     self.store.add({"mode": cell.mode, "shots": cell.shots, "trial": cell.trial, **record})
-                bar.update(len(batch))
-                done += len(batch)
+                bar.update(len(prepared.job.ids))
         stats = {"mode": cell.mode, "shots": cell.shots, "trial": cell.trial, "queries": len(items)}
-        stats.update(wall_s=time.perf_counter() - start, encode_s=self.source.encode_seconds - encode_start)
+        stats.update(
+            wall_s=time.perf_counter() - start, encode_s=stages.seconds["read_s"], **stages.as_dict()
+        )
         self.store.add_stats({**stats, "peak_memory_mb": peak.mb, "memory": peak.kind})
 
-    def answer(self, asked: list[tuple[Item, list]], mode: str) -> list[dict]:
-        """`answer_batch`, halving the batch (for the rest of the run) while the device runs out of memory."""
+    def answer(
+        self, prepared: PreparedBatch, picks: list[list[int]], mode: str, stages: Stages
+    ) -> list[dict]:
+        """`answer_prepared`, halving the batch (for the rest of the run) while the device runs out of memory."""
+        fused = [self.source.states(p) for p in picks] if mode == "aim" else None
         try:
-            return answer_batch(self.aim, self.task, asked, mode, self.max_new_tokens)
+            return answer_prepared(self.aim, self.task, prepared, fused, stages)
         except torch.OutOfMemoryError:
-            if len(asked) == 1:
+            job = prepared.job
+            if len(job.ids) == 1:
                 raise
-            self.batch_size = max(1, len(asked) // 2)
-            logger.warning("out of memory at %d queries per batch: now %d", len(asked), self.batch_size)
+            self.batch_size = max(1, len(job.ids) // 2)
+            logger.warning("out of memory at %d queries per batch: now %d", len(job.ids), self.batch_size)
             release_memory(self.aim.backbone.device)
-            half = len(asked) // 2
-            return self.answer(asked[:half], mode) + self.answer(asked[half:], mode)
+            half = len(job.ids) // 2
+            encoder = self.aim.encoder
+            return [
+                record
+                for part, part_picks in ((_part(job, 0, half), picks[:half]), (_part(job, half, None), picks[half:]))
+                for record in self.answer(prepare_batch(encoder, part), part_picks, mode, stages)
+            ]  # fmt: skip
+
+    def _job(self, cell: Cell, items: list[Item], picks: list[list[int]]) -> BatchJob:
+        """What a worker needs for these queries: image sources, texts, demo texts (and images for `icl`)."""
+        scored = needs_scores(self.task)
+        queries = [
+            Query(item.image, self.task.query_text(item), self.source.layouts(p, cell.mode))
+            for item, p in zip(items, picks)
+        ]
+        candidates = [self.task.candidates_for(item) if scored else () for item in items]
+        return BatchJob([item.id for item in items], queries, candidates, cell.mode, self.max_new_tokens)
 
     def _picks(self, cell: Cell, query: Item) -> list[int]:
         return self.select(query, cell.shots, cell.seed) if cell.shots else []
 
+    @staticmethod
+    def _log_failure(record: dict) -> None:
+        if "error" in record:
+            logger.error("%s; this query is skipped (a rerun tries it again)", record["error"])
 
-def release_memory(device: torch.device) -> None:
-    """Return cached blocks to the device after an out-of-memory error, so a smaller batch can fit."""
-    accelerator = getattr(torch, device.type, None)
-    if device.type != "cpu" and hasattr(accelerator, "empty_cache"):
-        accelerator.empty_cache()
+
+def _part(job: BatchJob, start: int, end: int | None) -> BatchJob:
+    return replace(
+        job, ids=job.ids[start:end], queries=job.queries[start:end], candidates=job.candidates[start:end]
+    )
 
 
 @torch.no_grad()

@@ -35,11 +35,13 @@ class PredictionStore:
         self._memory: dict[str, list[dict]] = {"predictions": [], "stats": []}
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
-        self.done: set[Key] = {record_key(r) for r in self.read("predictions")}
+        # a query that failed (an unreadable image) is not done: a rerun tries it again
+        self.done: set[Key] = {record_key(r) for r in self.read("predictions") if "error" not in r}
 
     def add(self, record: dict) -> None:
         self._append("predictions", record)
-        self.done.add(record_key(record))
+        if "error" not in record:
+            self.done.add(record_key(record))
 
     def add_stats(self, record: dict) -> None:
         self._append("stats", {**record, "rank": self.rank})

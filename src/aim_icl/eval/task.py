@@ -58,8 +58,7 @@ class Task:
 
     def demo(self, item: Item) -> Demo:
         text = _format(self.demo_template, {**item.fields, "query": self.query_text(item)}, item.id, item)
-        image = item.image() if callable(item.image) else item.image
-        return Demo(image, text)
+        return Demo(item.image, text)  # a lazy image stays lazy: read where a prompt needs its pixels
 
     def metric_names(self) -> tuple[str, ...]:
         """The task's metrics, plus likelihood ranking and exact match wherever the answer set is closed."""

@@ -22,7 +22,7 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from aim_icl.bank import DemoBank
 from aim_icl.core.aim import AIM
-from aim_icl.core.batching import generate_batch
+from aim_icl.core.batching import eos_ids, generate_batch
 from aim_icl.core.demo import Demo
 from aim_icl.errors import AIMError
 from aim_icl.registry import Registry
@@ -121,7 +121,7 @@ class ModelService:
         self._bank_path, self._bank_over = bank_path, bank_over
         self._bank: DemoBank | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
-        self._eos_ids = _eos_ids(aim)
+        self._eos_ids = eos_ids(aim)
 
     @property
     def bank(self) -> DemoBank:
@@ -316,15 +316,6 @@ class ModelService:
         except AIMError as err:  # e.g. families whose query image precedes the demos
             logger.warning("task served without a prefix cache: %s", err)
             return None
-
-
-def _eos_ids(aim: AIM) -> set[int]:
-    """Every token that ends an answer: the generation config's end tokens and the tokenizer's."""
-    eos = aim.model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    if aim.encoder.tokenizer.eos_token_id is not None:
-        ids.add(aim.encoder.tokenizer.eos_token_id)
-    return {int(i) for i in ids}
 
 
 def _remaining(deadline: float) -> float:

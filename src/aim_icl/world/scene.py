@@ -6,6 +6,7 @@ every corpus and task is a pure function of its seed.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ class Scene:
         return f"a {self.size} {self.colour} {self.shape} on the {self.position}"
 
     def render(self) -> Image.Image:
-        return render(self)
+        return _rendered(self).copy()  # each scene drawn once per process: cells and modes reuse it
 
 
 def sample_scene(rng: random.Random, shape: str | None = None, colour: str | None = None) -> Scene:
@@ -67,6 +68,11 @@ def sample_scene(rng: random.Random, shape: str | None = None, colour: str | Non
         noise=round(rng.uniform(0.0, 24.0), 2),
         seed=rng.getrandbits(31),
     )
+
+
+@functools.lru_cache(maxsize=1 << 15)  # 32x32 RGB: 3 KiB a scene, 100 MiB at most
+def _rendered(scene: Scene) -> Image.Image:
+    return render(scene)
 
 
 def render(scene: Scene) -> Image.Image:
