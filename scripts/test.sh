@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/browser.sh  # Debian chromium + chromium-driver for the tests marked browser (root: apt-get)
 . .venv/bin/activate
 python -m aim_icl.testing.smollm2 --fetch >/dev/null
 python -m pytest -q "$@"

@@ -21,6 +21,7 @@ from aim_icl.errors import AIMError
 from aim_icl.serve.chat import DEFAULT_DEMO_TEMPLATE
 from aim_icl.serve.errors import RequestError
 from aim_icl.serve.images import ImagePolicy
+from aim_icl.serve.playground import router as playground_router
 from aim_icl.serve.routes import router
 from aim_icl.serve.service import GenerationJob, ModelService
 from aim_icl.serve.worker import ModelWorker, QueueFull
@@ -28,7 +29,7 @@ from aim_icl.serve.worker import ModelWorker, QueueFull
 logger = logging.getLogger(__name__)
 
 STATUS = {"invalid": 400, "too_large": 413, "forbidden": 403, "not_found": 404, "conflict": 409}
-OPEN_PATHS = ("/health",)  # answered without the API key (load balancers, readiness probes)
+OPEN_PATHS = ("/health", "/")  # answered without the API key (readiness probes; the playground page, no data)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ def create_app(service: ModelService, config: ServerConfig) -> FastAPI:
     app.state.run = _runner(worker, config.timeout_s)
     app.state.generate = _generator(worker, service)
     app.include_router(router)
+    app.include_router(playground_router)  # GET /: the playground page
     _add_error_handlers(app, config)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     if config.api_key:
