@@ -73,7 +73,9 @@ def post_all(app, bodies: list[dict], hold: bool = False) -> list[httpx.Response
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
             sent = [asyncio.create_task(client.post(CHAT, json=body)) for body in bodies]
-            while hold and app.state.worker.waiting < len(bodies):
+            while hold and app.state.worker.waiting + sum(t.done() for t in sent) < len(
+                bodies
+            ):  # queued or refused
                 await asyncio.sleep(0.01)
             release.set()
             return await asyncio.gather(*sent)

@@ -97,10 +97,12 @@ def _key(key: Hashable) -> str:
     return key if isinstance(key, str) else ""  # a caller's own key (a pool index) is not a content key
 
 
-def open_states_cache(aim, cache: str | None, dtype: torch.dtype, batch_size: int = 8) -> StatesCache:
+def open_states_cache(
+    aim, cache: str | None, dtype: torch.dtype, batch_size: int = 8, workers: int = 0
+) -> StatesCache:
     """A training cache as `--cache` names it: None (read every time), "memory", or a bank file path."""
     if cache is None or cache == MEMORY:
-        return StatesCache(aim, cache, dtype, batch_size)
+        return StatesCache(aim, cache, dtype, batch_size, workers=workers)
     from aim_icl.bank.bank import DemoBank
 
-    return StatesCache(aim, DemoBank(cache, aim, dtype=dtype), batch_size=batch_size)
+    return StatesCache(aim, DemoBank(cache, aim, dtype=dtype), batch_size=batch_size, workers=workers)

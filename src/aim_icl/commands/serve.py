@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from aim_icl.commands._model import add_model_arguments, fresh_projector, load_aim
+from aim_icl.commands._model import add_model_arguments, add_workers_argument, fresh_projector, load_aim
 from aim_icl.errors import AIMError
 from aim_icl.serve import cluster  # no Ray at import: Ray only when --replicas asks for it
 
@@ -54,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--demo-template",
         help="chat demo text from {user} and {assistant} (default: the two joined by a space)",
     )
+    add_workers_argument(parser)
     cluster.add_cluster_arguments(parser)
 
 
@@ -63,13 +64,15 @@ def run(args: argparse.Namespace) -> int:
         return cluster.run(args, config)
     import uvicorn
 
+    from aim_icl.core.pipeline import default_workers
     from aim_icl.serve.app import create_app
     from aim_icl.serve.service import ModelService
 
     aim = load_aim(args.model, args.projector, device=args.device)
     if fresh_projector(args.model, args.projector):
         logger.warning("no --projector: fused tokens come from an untrained projector; pass a trained one")
-    app = create_app(ModelService(aim, args.bank, model_name=args.name), config)
+    workers = default_workers() if args.workers is None else args.workers
+    app = create_app(ModelService(aim, args.bank, model_name=args.name, workers=workers), config)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -50,6 +50,7 @@ class ReplicaSpec:
     config: ServerConfig
     board: str = f"{APP_NAME}-tasks"  # name of the task board actor
     threads: int = 1  # torch threads per replica on the CPU
+    workers: int = 0  # prompt-preparing processes per replica (replicas already share the node's cores)
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class AIMReplica:
         from ray import serve
 
         from aim_icl.bank.layered import claim_shard, shard_path
-        from aim_icl.commands._model import load_aim
+        from aim_icl.models import load_aim
         from aim_icl.serve.metrics_mirror import MetricsMirror, ray_gauge
         from aim_icl.serve.service import ModelService
         from aim_icl.serve.task_sync import TaskBoard
@@ -133,7 +134,7 @@ class AIMReplica:
             shard = shard_path(spec.bank, self.replica_id)
             self._claim = claim_shard(shard)
             over = spec.bank if Path(spec.bank).is_file() else None
-        self.service = ModelService(aim, shard, model_name=spec.name, bank_over=over)
+        self.service = ModelService(aim, shard, model_name=spec.name, bank_over=over, workers=spec.workers)
         board = ray.remote(TaskBoard).options(
             name=spec.board, namespace=BOARD_NAMESPACE, get_if_exists=True, lifetime="detached", num_cpus=0
         )
@@ -243,6 +244,7 @@ def replica_spec(args: argparse.Namespace, config: ServerConfig) -> ReplicaSpec:
         bank=None if args.bank is None else str(Path(args.bank).resolve()),
         config=config,
         threads=max(1, int(args.num_cpus)),
+        workers=args.workers or 0,
     )
 
 

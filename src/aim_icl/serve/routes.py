@@ -61,12 +61,14 @@ async def chat_completions(body: ChatRequest, request: Request) -> ChatCompletio
         parse_chat, body.messages, config.images, config.demo_template, config.max_demos
     )
     deadline = time.monotonic() + config.timeout_s
+    sink = QueueSink(asyncio.get_running_loop()) if body.stream else None
+    job = await run_in_threadpool(
+        service.prepare, service.chat_job(chat, body.aim_mode, generation, deadline, sink)
+    )
     if body.stream:
-        sink = QueueSink(asyncio.get_running_loop())
-        job = service.chat_job(chat, body.aim_mode, generation, deadline, sink)
         usage = body.stream_options is not None and body.stream_options.include_usage
         return await stream_response(state.worker, service, job, sink, body.aim_mode, usage)
-    answer = await state.generate(service.chat_job(chat, body.aim_mode, generation, deadline))
+    answer = await state.generate(job)
     return _completion(answer, service.model_name)
 
 
@@ -91,7 +93,7 @@ async def predict(name: str, body: PredictRequest, request: Request) -> Predicti
     deadline = time.monotonic() + config.timeout_s
     image = None if body.image is None else await run_in_threadpool(fetch_image, body.image, config.images)
     job = state.service.predict_job(name, image, body.question, Generation(limit), deadline)
-    answer = await state.generate(job)
+    answer = await state.generate(await run_in_threadpool(state.service.prepare, job))
     return Prediction(
         task=name,
         answer=answer.text,

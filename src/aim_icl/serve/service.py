@@ -1,9 +1,13 @@
 """The model service, with no HTTP in it: prompts from chats and tasks, the bank, batched generation, counters.
 
-Requests become `GenerationJob`s; the model worker (`worker.py`) hands every waiting job to `generate(jobs)` at once,
-on its thread, where prompts are built (demos through the Demonstration Bank by content key) and answered in one
-left-padded batch (`aim_icl.core.batching`), each row with its own sampling, stop strings and token limit. A job is
-answered as soon as its choices are finished; a streaming job hears of every piece of text as it is generated.
+Requests become `GenerationJob`s: data, no code. `prepare(job)` encodes a job's prompt on the CPU before it is
+queued (images, template, processor: in the prompt pipeline's workers, `aim_icl.core.pipeline`), so the model
+worker (`worker.py`) only runs the model: it hands every waiting job to `generate(jobs)` at once, where the demos'
+fused vectors are written in (`aim` demos through the Demonstration Bank by content key) and the batch is answered
+in one left-padded call (`aim_icl.core.batching`), each row with its own sampling, stop strings and token limit.
+Tasks that pick their demos per query from the bank are the exception: picking needs the model, so their prompts
+are built on the worker. A job is answered as soon as its choices are finished; a streaming job hears of every
+piece of text as it is generated.
 """
 
 from __future__ import annotations
@@ -12,18 +16,19 @@ import functools
 import logging
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from aim_icl.bank import DemoBank
 from aim_icl.core.aim import AIM
 from aim_icl.core.batching import eos_ids, generate_batch
-from aim_icl.core.demo import Demo
+from aim_icl.core.demo import Demo, DemoStates, Query
+from aim_icl.core.prompt import Encoded, PromptEncoder
 from aim_icl.errors import AIMError
 from aim_icl.registry import Registry
 from aim_icl.serve.chat import Conversation
@@ -37,6 +42,23 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
+class PromptRequest:
+    """What a request's prompt is made of: its query (demos as the prompt lays them out), its mode, the demos to
+    fuse (`aim`: looked up in or added to the bank on the worker) and its task; `encoded` once prepared."""
+
+    query: Query
+    mode: str
+    demos: list[Demo] = field(default_factory=list)
+    task: ServedTask | None = None
+    encoded: Encoded | None = None
+
+    @property
+    def selects(self) -> bool:
+        """Whether the task picks demos per query from the bank (on the worker: picking needs the model)."""
+        return self.task is not None and self.task.strategy != "fixed"
+
+
+@dataclass
 class Prompt:
     """A request's prompt as built on the worker: the model inputs and what went into them."""
 
@@ -47,7 +69,6 @@ class Prompt:
     bank_hits: int
     bank_misses: int = 0
     prefix_cache: Any = None  # the task's PrefixCache: this query runs alone through it
-    query: tuple = ()  # (image, text) for the prefix cache
 
     @property
     def tokens(self) -> int:
@@ -87,9 +108,9 @@ class StreamSink(Protocol):
 
 @dataclass(eq=False)
 class GenerationJob:
-    """One request for the batched generator; `prompt()` runs on the worker thread."""
+    """One request for the batched generator: its prompt (prepared before it is queued) and its sampling."""
 
-    prompt: Callable[[], Prompt]
+    request: PromptRequest
     generation: Generation
     deadline: float
     sink: StreamSink | None = None
@@ -111,10 +132,12 @@ class ModelService:
         bank_path: str | Path | None = None,
         model_name: str = "aim",
         bank_over: str | Path | None = None,
+        workers: int = 0,
     ):
         """`bank_over`: a shared bank read but never written (server replicas); `bank_path` then holds what this
-        service adds (`aim_icl.bank.layered`)."""
+        service adds (`aim_icl.bank.layered`). `workers`: processes preparing prompts (0: the calling thread)."""
         self.aim = aim
+        self.workers = workers
         self.model_name = model_name
         self.metrics = Metrics()
         self.tasks: Registry[ServedTask] = Registry("task")
@@ -147,7 +170,7 @@ class ModelService:
             return 0.0, 1.0
         return float(config.temperature or 1.0), float(config.top_p or 1.0)
 
-    # -- jobs (any thread) ---------------------------------------------------------------------------------------
+    # -- jobs (any thread but the worker's) -------------------------------------------------------------------
 
     def chat_job(
         self,
@@ -157,15 +180,31 @@ class ModelService:
         deadline: float,
         sink: StreamSink | None = None,
     ) -> GenerationJob:
-        return GenerationJob(functools.partial(self._chat_prompt, chat, mode), generation, deadline, sink)
+        demos = [] if mode == "zero" else chat.demos
+        laid_out = demos if mode == "icl" else [Demo(None, d.text) for d in demos]
+        request = PromptRequest(Query(chat.image, chat.text, laid_out), mode, demos if mode == "aim" else [])
+        return GenerationJob(request, generation, deadline, sink)
 
     def predict_job(
         self, name: str, image, question: str, generation: Generation, deadline: float
     ) -> GenerationJob:
         task = self._task(name)
+        text = task.template.format(question=question)
+        demos = [] if task.strategy != "fixed" else _layouts(task.cache.demos if task.cache else task.demos)
         return GenerationJob(
-            functools.partial(self._task_prompt, task, image, question), generation, deadline
+            PromptRequest(Query(image, text, demos), task.mode, task=task), generation, deadline
         )
+
+    def prepare(self, job: GenerationJob) -> GenerationJob:
+        """Encode the job's prompt on the CPU, in the prompt pipeline (blocks this thread until it is ready); a
+        prompt past the model's context is refused here, before it takes a place in the queue."""
+        if not job.request.selects:
+            job.request.encoded = self._encode(job.request)
+        return job
+
+    def _encode(self, request: PromptRequest) -> Encoded:
+        pool = self.aim.pipeline(self.workers)
+        return pool.submit(PromptEncoder.prepare, [request.query], request.mode).result()
 
     # -- the worker's side ---------------------------------------------------------------------------------------
 
@@ -185,7 +224,7 @@ class ModelService:
             job.future.set_exception(RuntimeError("generation failed while the answer was streaming"))
             return None
         try:
-            prompt = job.prompt()
+            prompt = self._prompt(job.request)
         except Exception as err:  # a bad request fails alone, before the batch runs
             job.future.set_exception(err)
             return None
@@ -206,7 +245,7 @@ class ModelService:
         }
         first = group[0][1]
         if first.prefix_cache is not None:
-            first.prefix_cache.generate(*first.query, **kwargs)
+            first.prefix_cache.generate_from(first.inputs, **kwargs)
         else:
             inputs = [prompt.inputs for job, prompt in group for _ in range(job.generation.n)]
             generate_batch(self.aim, inputs, **kwargs)
@@ -248,17 +287,26 @@ class ModelService:
         if not job.future.done():
             job.future.set_result(answer)
 
-    # -- prompts ---------------------------------------------------------------------------------------------------
+    # -- prompts (the worker's thread) -------------------------------------------------------------------------
 
-    def _chat_prompt(self, chat: Conversation, mode: str) -> Prompt:
-        """The chat's query in `mode`; in `aim` mode demos come from (or are added to) the bank."""
-        demos, hits, keys = ([] if mode == "zero" else chat.demos), 0, []
-        if mode == "aim" and demos:
-            demos, hits = self._bank_states(demos)
-            keys = [d.key for d in demos]
-        inputs = self.aim.build_inputs(chat.image, chat.text, demos, mode)
-        misses = len(demos) - hits if mode == "aim" else 0
-        return Prompt(inputs, mode, keys, len(demos), hits, misses)
+    def _prompt(self, request: PromptRequest) -> Prompt:
+        """The model inputs of a prepared request: `aim` demos fused (from the bank) and written in."""
+        if request.selects:
+            return self._selected_prompt(request)
+        if request.encoded is None:  # not prepared before it was queued: here, then
+            request.encoded = self._encode(request)
+        task, demos = request.task, request.demos
+        if task is not None:  # a fixed task: its demos are the prefix cache's (fused once) or its own
+            fused = [task.cache.demos] if task.cache is not None and task.mode == "aim" else None
+            inputs = self.aim.finish(request.encoded, fused)
+            hits = 0 if task.mode == "icl" else len(task.demos)
+            return Prompt(inputs, task.mode, task.demo_keys, len(task.demos), hits, prefix_cache=task.cache)
+        if request.mode != "aim" or not demos:
+            inputs = self.aim.finish(request.encoded)
+            return Prompt(inputs, request.mode, [], len(request.query.demos), 0)
+        states, hits = self._bank_states(demos)
+        inputs = self.aim.finish(request.encoded, [self.aim.fuse(states)])
+        return Prompt(inputs, "aim", [d.key for d in states], len(demos), hits, len(demos) - hits)
 
     def _bank_states(self, demos: list[Demo]) -> tuple[list, int]:
         """Stored states of the demos, reading only those the bank lacks; also how many were already stored."""
@@ -267,18 +315,12 @@ class ModelService:
         self.bank.write(demos, keys)
         return [self.bank.get(k) for k in keys], sum(k in stored for k in keys)
 
-    def _task_prompt(self, task: ServedTask, image, question: str) -> Prompt:
-        text = task.template.format(question=question)
-        if task.strategy == "fixed":
-            demos, keys = (task.cache.demos if task.cache else task.demos), task.demo_keys
-        else:
-            demos = self.bank.select(image, task.k, task.strategy, query_text=text)
-            keys = [d.key for d in demos]
-        inputs = self.aim.build_inputs(
-            image, text, demos, task.mode
-        )  # the prompt as fed, for its token count
-        hits = 0 if task.mode == "icl" else len(demos)
-        return Prompt(inputs, task.mode, keys, len(demos), hits, prefix_cache=task.cache, query=(image, text))
+    def _selected_prompt(self, request: PromptRequest) -> Prompt:
+        """A query whose demos the bank picks for it (by its image or text), built here."""
+        task, query = request.task, request.query
+        demos = self.bank.select(query.image, task.k, task.strategy, query_text=query.text)
+        inputs = self.aim.build_inputs(query.image, query.text, demos, task.mode)
+        return Prompt(inputs, task.mode, [d.key for d in demos], len(demos), len(demos))
 
     # -- tasks -------------------------------------------------------------------------------------------------
 
@@ -316,6 +358,19 @@ class ModelService:
         except AIMError as err:  # e.g. families whose query image precedes the demos
             logger.warning("task served without a prefix cache: %s", err)
             return None
+
+
+def _layouts(demos: list) -> list:
+    """Fixed demos as a prompt lays them out: token ids for stored states and fused tensors' lengths (cheap to send
+    to a worker), the demos themselves for `icl`."""
+    return [
+        d.token_ids
+        if isinstance(d, DemoStates)
+        else torch.zeros(len(d), dtype=torch.long)  # a fused demo: only its length shapes the prompt
+        if isinstance(d, torch.Tensor)
+        else d
+        for d in demos
+    ]
 
 
 def _remaining(deadline: float) -> float:

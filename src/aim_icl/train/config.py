@@ -81,6 +81,9 @@ class TrainConfig:
     gradient_checkpointing: bool = _opt(False, "recompute the frozen backbone's activations in backward")
     fit_demos: int = _opt(256, "demos the fresh residual projector's copy map is fitted on")
     encode_batch_size: int = _opt(8, "demos read through the backbone per batch")
+    workers: int | None = _opt(
+        None, "processes preparing images and prompts ahead of the model (default: cores less one; 0: none)"
+    )
     checkpoint_every: int = _opt(500, "save a resumable checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = _opt(2, "checkpoints kept (older ones are deleted)")
     log_every: int = _opt(10, "steps between metric lines")

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,8 +28,10 @@ from aim_icl.core.aim import AIM
 from aim_icl.core.demo import Demo, Query
 from aim_icl.core.dtypes import torch_dtype
 from aim_icl.core.loading import load_model, load_processor
+from aim_icl.core.pipeline import default_workers
 from aim_icl.core.placement import use_cpu
 from aim_icl.core.projector import CONFIG_NAME, save_projector
+from aim_icl.core.prompt import Encoded, PromptEncoder
 from aim_icl.errors import AIMError
 from aim_icl.train import checkpoint as ckpt
 from aim_icl.train.config import TrainConfig, save_config
@@ -38,6 +40,8 @@ from aim_icl.train.progress import MetricsLog, Throughput, TrainSummary, progres
 from aim_icl.train.readers import READERS, ReaderOptions, expand_sources
 from aim_icl.train.samples import TextBudget
 from aim_icl.train.stream import Position, SampleRules, SampleStream
+
+REFUSED = "prompt refused"  # a sample whose prompt the processor or the context refused
 
 
 def train(config: TrainConfig, aim: AIM | None = None) -> TrainSummary:
@@ -75,8 +79,10 @@ class Trainer:
         self.aim = self.aim or self._load_aim()
         self._place_backbone()
         self.stream = self._build_stream(reader, files)
+        self.drawn, self.refused = StreamState.of(self.stream), 0
         dtype = torch_dtype(cfg.cache_dtype)
-        self.states = open_states_cache(self.aim, cfg.cache, dtype, cfg.encode_batch_size)
+        self.workers = default_workers() if cfg.workers is None else cfg.workers
+        self.states = open_states_cache(self.aim, cfg.cache, dtype, cfg.encode_batch_size, self.workers)
         if resume is None and not bool(getattr(self.aim.projector, "fitted", True)):
             self._fit_copy_map()
         if cfg.gradient_checkpointing:
@@ -182,6 +188,8 @@ class Trainer:
         self.stream.position = Position(**state["position"])
         self.stream.skips = Skips(state["skips"])
         self.stream.documents = state["documents"]
+        self.refused = self.stream.skips.pop(REFUSED, 0)
+        self.drawn = StreamState.of(self.stream)
         self.accelerator.print(f"resumed from {directory} at step {self.step}")
 
     def _start_logs(self, resumed: bool) -> None:
@@ -198,7 +206,9 @@ class Trainer:
 
     def train(self) -> TrainSummary:
         cfg, acc = self.config, self.accelerator
-        batches = _batches(iter(self.stream), cfg.optim.batch_size)
+        # each batch's prompts are prepared by the pipeline's workers while earlier batches train
+        jobs = _batches(self.stream, cfg.optim.batch_size)
+        batches = self.aim.pipeline(self.workers).map(prepare_training_batch, jobs)
         per_step = cfg.optim.batch_size * cfg.optim.grad_accum * acc.num_processes
         bar = progress_bar(cfg.optim.max_steps, self.step, acc.is_main_process)
         started, window, loss_sum = time.perf_counter(), Throughput(), torch.zeros((), device=acc.device)
@@ -223,11 +233,12 @@ class Trainer:
         """`grad_accum` micro-batches, one update; returns the step's mean loss (a tensor: no device sync)."""
         accum, total = self.config.optim.grad_accum, 0.0
         for micro in range(accum):
-            samples, self.stream.position = next(batches)
+            batch = next(batches)
+            self.drawn, self.refused = batch.drawn, self.refused + batch.refused
             last = micro == accum - 1
             with nullcontext() if last else self.accelerator.no_sync(self.projector):
                 with self.accelerator.autocast():
-                    loss = self._loss(samples)
+                    loss = self._loss(batch)
                 self.accelerator.backward(loss / accum)
             total = total + loss.detach() / accum
         if self.config.optim.max_grad_norm > 0:
@@ -237,27 +248,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return total
 
-    def _loss(self, samples: list[Query]) -> torch.Tensor:
+    def _loss(self, batch: TrainingBatch) -> torch.Tensor:
+        if batch.encoded is None:  # nothing buildable: a zero loss that still touches every parameter (DDP)
+            return sum(p.sum() for p in self.projector.parameters()) * 0.0
+        samples = batch.kept
         states = self.states.states([d for s in samples for d in s.demos])  # no grad: frozen backbone
         fused = iter(self.aim.fuse(states, projector=self.projector))  # one projector call for the batch
-        queries = [replace(s, demos=[next(fused) for _ in s.demos]) for s in samples]
-        inputs = self._build(queries)
-        if inputs is None:  # nothing buildable: a zero loss that still touches every parameter (DDP)
-            return sum(p.sum() for p in self.projector.parameters()) * 0.0
+        inputs = self.aim.finish(batch.encoded, [[next(fused) for _ in s.demos] for s in samples])
         return self.aim.forward(inputs).loss
-
-    def _build(self, queries: list[Query]) -> dict | None:
-        """The batch's model inputs; a query the processor or context refuses is dropped and counted."""
-        try:
-            return self.aim.build_batch(queries, mode="aim")
-        except AIMError:
-            kept = [q for q in queries if _buildable(self.aim, q)]
-            self.stream.skips["prompt refused"] += len(queries) - len(kept)
-            return self.aim.build_batch(kept, mode="aim") if kept else None
 
     def _log(self, bar, loss: float, rate: float) -> None:
         lr = self.scheduler.get_last_lr()[0]
-        skipped = sum(sum(s.values()) for s in gather_object([dict(self.stream.skips)]))
+        skipped = sum(sum(s.values()) for s in gather_object([self._skips()]))
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}", skipped=skipped)
         record = {"step": self.step, "loss": loss, "lr": lr, "samples_per_s": rate, "skipped": skipped}
         self.log.write(record)
@@ -289,20 +291,22 @@ class Trainer:
         acc.wait_for_everyone()
         return final
 
+    def _skips(self) -> dict[str, int]:
+        """What this process skipped in the batches it trained on: the stream's skips and refused prompts."""
+        return {**self.drawn.skips, **({REFUSED: self.refused} if self.refused else {})}
+
     def _rank_state(self) -> dict:
         return {
-            "position": asdict(self.stream.position),
-            "skips": dict(self.stream.skips),
-            "documents": self.stream.documents,
+            "position": asdict(self.drawn.position),
+            "skips": self._skips(),
+            "documents": self.drawn.documents,
         }
 
     def _finish(self) -> TrainSummary:
         acc = self.accelerator
         if self.config.checkpoint_every and self.step % self.config.checkpoint_every:
             self.save_checkpoint()  # the end is resumable too (e.g. to train longer)
-        counts = gather_object(
-            [(dict(self.stream.skips), self.stream.documents, self.states.read, self.states.reused)]
-        )
+        counts = gather_object([(self._skips(), self.drawn.documents, self.states.read, self.states.reused)])
         skipped = Skips()
         for skips, *_ in counts:
             skipped.update(skips)
@@ -357,19 +361,57 @@ def checkpoint_backbone(model: torch.nn.Module) -> None:
             module.training = True
 
 
-def _batches(samples, size: int):
-    """Lists of `size` samples with the stream position after the last one."""
+@dataclass
+class StreamState:
+    """The stream as it stood when a batch was drawn: what a checkpoint saves and the summary counts (the stream
+    itself runs ahead, feeding the pipeline's prefetch)."""
+
+    position: Position
+    documents: int
+    skips: dict[str, int]
+
+    @classmethod
+    def of(cls, stream: SampleStream) -> StreamState:
+        return cls(stream.position, stream.documents, dict(stream.skips))
+
+
+def _batches(stream: SampleStream, size: int):
+    """Jobs for `prepare_training_batch`: lists of `size` samples with the stream's state after the last one."""
+    samples = iter(stream)
     while True:
-        batch, position = [], None
-        for _ in range(size):
-            sample, position = next(samples)
-            batch.append(sample)
-        yield batch, position
+        batch = [next(samples) for _ in range(size)]
+        position = batch[-1][1]  # where the stream resumes after this batch
+        yield [sample for sample, _ in batch], StreamState(position, stream.documents, dict(stream.skips))
 
 
-def _buildable(aim: AIM, query: Query) -> bool:
+@dataclass
+class TrainingBatch:
+    """A micro-batch with its prompts encoded (in a worker): the samples kept, and the stream position after it."""
+
+    kept: list[Query]
+    drawn: StreamState
+    encoded: Encoded | None  # None: every sample was refused
+    refused: int = 0
+
+
+def prepare_training_batch(encoder: PromptEncoder, samples: list[Query], drawn: StreamState) -> TrainingBatch:
+    """Encode the batch's prompts (demos as their text tokens' slots, target tokens labelled); a sample the
+    processor or the context refuses is dropped and counted."""
     try:
-        aim.build_batch([query], mode="aim")
+        return TrainingBatch(samples, drawn, encoder.prepare([_laid_out(s) for s in samples], "aim"))
+    except AIMError:
+        kept = [s for s in samples if _preparable(encoder, s)]
+        encoded = encoder.prepare([_laid_out(s) for s in kept], "aim") if kept else None
+        return TrainingBatch(kept, drawn, encoded, len(samples) - len(kept))
+
+
+def _laid_out(sample: Query) -> Query:
+    return replace(sample, demos=[Demo(None, d.text) for d in sample.demos])  # the prompt needs no demo image
+
+
+def _preparable(encoder: PromptEncoder, sample: Query) -> bool:
+    try:
+        encoder.prepare([_laid_out(sample)], "aim")
         return True
     except AIMError:
         return False
