@@ -32,5 +32,6 @@ def add_workers_argument(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         help="processes that load images and build prompts ahead of the model "
-        "(default: the cores less one, at most 8; 0: in the model's thread)",
+        "(default: with a GPU the cores less one, on the CPU half the cores less one, at most 8; "
+        "0: in the model's thread)",
     )

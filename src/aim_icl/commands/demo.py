@@ -61,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     logging.getLogger("aim_icl").setLevel(logging.ERROR)
     aim = load_shipped(args.model, args.projector)
-    rows = []
+    rows, chance = [], {}
     for name in args.tasks:
         task = WORLD_TASKS[name](args.seed, args.items, max(args.shots))
+        chance[task.name] = sum(1 / len(task.candidates_for(item)) for item in task.test) / len(task.test)
         rows += run_eval(
             aim,
             task,
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{tables}")
     written = write_report(rows, args.out)
     (args.out / "tables.md").write_text(tables + "\n")
-    written += [args.out / "tables.md", overview_plot(rows, args.out / "demo.png")]
+    written += [args.out / "tables.md", overview_plot(rows, args.out / "demo.png", chance)]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(written[0], args.json)

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     aim = load_aim(args.model, args.projector, device=args.device)
     if fresh_projector(args.model, args.projector):
         logger.warning("no --projector: fused tokens come from an untrained projector; pass a trained one")
-    workers = default_workers() if args.workers is None else args.workers
+    workers = default_workers(aim.backbone.device) if args.workers is None else args.workers
     app = create_app(ModelService(aim, args.bank, model_name=args.name, workers=workers), config)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

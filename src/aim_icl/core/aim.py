@@ -159,7 +159,7 @@ class AIM:
     def pipeline(self, workers: int | None = 0) -> PreparePool:
         """The pool of worker processes that prepare this AIM's prompts on the CPU (`core.pipeline`), kept
         across calls; `workers=None` takes the machine's default, 0 prepares in the calling thread."""
-        workers = default_workers() if workers is None else workers
+        workers = default_workers(self.backbone.device) if workers is None else workers
         if self._pool is None or self._pool.workers != workers:
             if self._pool is not None:
                 self._pool.close()

@@ -22,7 +22,7 @@ from aim_icl.core.modes import MODES
 from aim_icl.errors import AIMError
 
 SLOT_TOKEN = "<|aim_slot|>"
-TEXT_IDS_KEPT = 65536  # demo texts whose tokens an encoder keeps (then it starts over)
+TOKENS_KEPT = 65536  # texts whose tokens an encoder keeps (then it starts over)
 _TEXT = "AIMQUERYTEXTSENTINEL"
 
 
@@ -116,22 +116,14 @@ class PromptEncoder:
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.placeholder_id
         )
-        self._ids: dict[
-            str, torch.Tensor
-        ] = {}  # demo text -> its tokens: demos recur across cells and queries
+        # tokens of demo texts, and of answers after their context: both recur across cells and queries
+        self._ids: dict[str | tuple[str, str], torch.Tensor] = {}
 
     def text_ids(self, text: str) -> torch.Tensor:
         """A demo text's own tokens: no BOS or other tokens a processor adds around it."""
-        ids = self._ids.get(text)
-        if ids is None:
-            if not text or not text.strip():
-                raise AIMError("demo text is empty; every demonstration needs some text")
-            if len(self._ids) >= TEXT_IDS_KEPT:
-                self._ids.clear()
-            ids = self._ids[text] = torch.tensor(
-                self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long
-            )
-        return ids
+        if not text or not text.strip():
+            raise AIMError("demo text is empty; every demonstration needs some text")
+        return self._kept(text, lambda: self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def answer_ids(self, context: str, answer: str) -> torch.Tensor:
         """An answer's tokens as they follow `context` (what generation would produce), not as tokenized alone.
@@ -141,13 +133,24 @@ class PromptEncoder:
         """
         if not answer.strip():
             raise AIMError("the target answer is empty; give some text to score or train on")
+        return self._kept((context, answer), lambda: self._answer_ids(context, answer))
+
+    def _answer_ids(self, context: str, answer: str) -> list[int]:
         if context and not context[-1].isspace() and not answer[0].isspace():
             answer = " " + answer
         ids = self.tokenizer(context + answer, add_special_tokens=False)["input_ids"]
         prefix = self.tokenizer(context, add_special_tokens=False)["input_ids"]
         if ids[: len(prefix)] != prefix or len(ids) == len(prefix):  # a merge across the boundary
             ids, prefix = self.tokenizer(answer.lstrip(), add_special_tokens=False)["input_ids"], []
-        return torch.tensor(ids[len(prefix) :], dtype=torch.long)
+        return ids[len(prefix) :]
+
+    def _kept(self, key: str | tuple[str, str], tokenize) -> torch.Tensor:
+        ids = self._ids.get(key)
+        if ids is None:
+            if len(self._ids) >= TOKENS_KEPT:
+                self._ids.clear()
+            ids = self._ids[key] = torch.tensor(tokenize(), dtype=torch.long)
+        return ids
 
     def query_answer_ids(self, text: str, answer: str, eos: bool = False) -> torch.Tensor:
         """An answer's tokens after the query `text` in the prompt (+ EOS, for a training target)."""

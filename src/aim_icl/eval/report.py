@@ -44,7 +44,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot_rows(rows: list[dict], directory: Path) -> list[Path]:
-    """One PNG per (task, metric) and one memory PNG per task (Agg canvas: no display, no global backend)."""
+    """One PNG per task: a panel per metric and one of peak memory (Agg canvas: no display, no global backend)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -54,22 +54,23 @@ def plot_rows(rows: list[dict], directory: Path) -> list[Path]:
         by_task[r["task"]].append(r)
     for task, task_rows in by_task.items():
         metrics = list(dict.fromkeys(r["metric"] for r in task_rows))
-        panels = [(m, "value", m) for m in metrics] + [("memory", "peak_memory_mb", "peak memory (MB)")]
-        for name, field, label in panels:
-            selected = [r for r in task_rows if r["metric"] == (metrics[0] if name == "memory" else name)]
-            fig = Figure(figsize=(5, 3.5))
-            FigureCanvasAgg(fig)
-            draw_metric(fig.add_subplot(), selected, field, label)
-            fig.suptitle(task)
-            fig.tight_layout()
-            path = directory / f"{task}_{name}.png"
-            fig.savefig(path, dpi=110)
-            paths.append(path)
+        panels = [(m, "value", m) for m in metrics] + [(metrics[0], "peak_memory_mb", "peak memory (MB)")]
+        fig = Figure(figsize=(4.2 * len(panels), 3.4))
+        FigureCanvasAgg(fig)
+        spaced(fig)
+        for ax, (metric, field, label) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+            draw_metric(ax, [r for r in task_rows if r["metric"] == metric], field, label)
+        fig.suptitle(task)
+        path = directory / f"{task}.png"
+        fig.savefig(path, dpi=100)
+        paths.append(path)
     return paths
 
 
-def draw_metric(ax, rows: list[dict], field: str, label: str) -> None:
-    """`field` against shots, one line per mode starting at the zero-shot point (error bars: std of values)."""
+def draw_metric(ax, rows: list[dict], field: str, label: str, chance: float | None = None) -> None:
+    """`field` against shots (a log2 axis, 0 included), one line per mode starting at the zero-shot point (error
+    bars: std of values); a mode whose prompt stops fitting the context is marked "does not fit" where it stops;
+    `chance`: a dashed line at that value."""
     with_std = field == "value"
     zero = next((r for r in rows if r["shots"] == 0), None)
     modes = [m for m in MODES if m != "zero" and any(r["mode"] == m for r in rows)]
@@ -77,16 +78,42 @@ def draw_metric(ax, rows: list[dict], field: str, label: str) -> None:
         points = ([zero] if zero else []) + sorted(
             (r for r in rows if r["mode"] == mode), key=lambda r: r["shots"]
         )
-        ys = [p[field] for p in points]
-        errs = [p["std"] if with_std else 0.0 for p in points]
-        ax.errorbar([p["shots"] for p in points], ys, yerr=errs, marker="o", capsize=3, label=mode)
+        fitting = [p for p in points if p.get("fits", True)]
+        errs = [p["std"] if with_std else 0.0 for p in fitting]
+        line = ax.errorbar(
+            [p["shots"] for p in fitting],
+            [p[field] for p in fitting],
+            yerr=errs,
+            marker="o",
+            capsize=3,
+            label=mode,
+        )
+        stop = next((p for p in points if p.get("fits") is False), None)
+        if stop is not None and fitting:
+            colour = line.lines[0].get_color()
+            ax.plot(
+                [stop["shots"]], [fitting[-1][field]], marker="x", markersize=9, color=colour, linestyle=""
+            )
+            ax.annotate("does not fit", (stop["shots"], fitting[-1][field]), textcoords="offset points",
+                        xytext=(0, 7), ha="center", fontsize=7, color=colour)  # fmt: skip
     if zero and not modes:
         ax.plot([0], [zero[field]], marker="o", label="zero")
-    ax.set_xticks(sorted({r["shots"] for r in rows}))
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
+    shots = sorted({r["shots"] for r in rows})
+    ax.set_xscale("symlog", base=2, linthresh=1, linscale=0.5)
+    ax.set_xticks(shots, [str(k) for k in shots])
+    ax.set_xlim(min(shots) - 0.3, max(shots) * 1.25 + 0.3)
+    ax.margins(y=0.12)  # room for the "does not fit" notes
     ax.set_xlabel("shots")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
+
+
+def spaced(fig) -> None:
+    """Room for titles and labels around side-by-side panels (a layout engine costs 3x the drawing)."""
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.85, wspace=0.3)
 
 
 def _num(value, digits: int) -> str:

@@ -43,7 +43,7 @@ from aim_icl.eval.task import Task
 
 logger = logging.getLogger(__name__)
 
-DEMO_BATCH = 64  # demos read per forward pass at least (a cell's new demos are read together)
+DEMO_BATCH = 256  # demos read per forward pass at least (a cell's new demos are read together)
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def run_eval(
         select = SELECTIONS.get(selection)(pool=pool, bank=pool_bank)
         n_new = max_new_tokens or task.max_new_tokens
         size = batch_size or default_batch_size(aim.backbone.device)
-        workers = default_workers() if workers is None else workers
+        workers = default_workers(aim.backbone.device) if workers is None else workers
         source = DemoSource(aim, task, pool, pool_bank, batch_size=max(DEMO_BATCH, size), workers=workers)
         run = _Run(aim, task, select, source, store, n_new, size, workers)
         run.evaluate(

@@ -81,7 +81,7 @@ class Trainer:
         self.stream = self._build_stream(reader, files)
         self.drawn, self.refused = StreamState.of(self.stream), 0
         dtype = torch_dtype(cfg.cache_dtype)
-        self.workers = default_workers() if cfg.workers is None else cfg.workers
+        self.workers = default_workers(self.accelerator.device) if cfg.workers is None else cfg.workers
         self.states = open_states_cache(self.aim, cfg.cache, dtype, cfg.encode_batch_size, self.workers)
         if resume is None and not bool(getattr(self.aim.projector, "fitted", True)):
             self._fit_copy_map()

@@ -74,25 +74,26 @@ def _fit(cell: dict, shown: str) -> str:
     return shown if cell["fits"] else "does not fit"
 
 
-def overview_plot(rows: list[dict], path: Path) -> Path:
-    """Each task's headline metric and the prompt length against shots, one line per mode."""
+def overview_plot(rows: list[dict], path: Path, chance: dict[str, float] | None = None) -> Path:
+    """Each task's headline metric and the prompt length against shots, one line per mode; `chance[task]`: the
+    score of a uniform guess among the task's candidates (a dashed line)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from aim_icl.eval.report import draw_metric
+    from aim_icl.eval.report import draw_metric, spaced
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig = Figure(figsize=(4.2 * (len(tasks) + 1), 3.6))
     FigureCanvasAgg(fig)
+    spaced(fig)
     axes = fig.subplots(1, len(tasks) + 1, squeeze=False)[0]
     for ax, task in zip(axes, tasks):
         headline = _headline_rows(rows, task)
-        draw_metric(ax, headline, "value", headline[0]["metric"])
+        draw_metric(ax, headline, "value", headline[0]["metric"], (chance or {}).get(task))
         ax.set_title(task)
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.1)
     draw_metric(axes[-1], _headline_rows(rows, tasks[0]), "prompt_tokens", "prompt tokens")
     axes[-1].set_title(f"{tasks[0]}: prompt length")
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
 
