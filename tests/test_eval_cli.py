@@ -65,8 +65,7 @@ def test_eval_writes_results_table_and_plots(single_run, capsys):
         table.startswith("| task | mode | shots | metric |")
         and "| hateful_memes | aim | 2 | roc_auc |" in table
     )
-    for name in ("roc_auc", "likelihood_accuracy", "exact_match", "memory"):
-        assert (single_run / f"hateful_memes_{name}.png").stat().st_size > 1000
+    assert (single_run / "hateful_memes.png").stat().st_size > 1000  # a panel per metric, and memory
 
 
 def test_limit_and_a_bad_data_dir(saved, tmp_path, capsys):
