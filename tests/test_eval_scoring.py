@@ -151,11 +151,10 @@ def sample_rows():
 
 def test_report_files(tmp_path):
     written = write_report(sample_rows(), tmp_path)
-    assert {p.name for p in written} == {"results.json", "results.md", "t_roc_auc.png", "t_memory.png"}
+    assert {p.name for p in written} == {"results.json", "results.md", "t.png"}  # one figure per task
     rows = json.loads((tmp_path / "results.json").read_text())  # strict JSON: NaN became null
     assert rows[1]["value"] is None
-    for name in ("t_roc_auc.png", "t_memory.png"):
-        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     table = markdown_table(sample_rows()).splitlines()
     assert table[0].startswith("| task | mode | shots | metric | value |")
     assert "| t | icl | 4 | roc_auc | 0.7000 ± 0.0500 | 3 | 30.0 | 19 | 5.0 | 2.00 |" in table

@@ -95,3 +95,26 @@ def test_projector_is_pluggable_by_name(tmp_path):
     assert isinstance(AIM(model, processor, projector=tmp_path / "linear").projector, LinearProjector)
     with pytest.raises(AIMError, match="unknown projector 'resdual'; did you mean 'residual'"):
         AIM(model, processor, projector_name="resdual")
+
+
+@pytest.mark.parametrize(
+    "module", [lambda h, e: LinearProjector(h, e), lambda h, e: ResidualProjector(h, e, mlp_ratio=4)]
+)
+def test_a_projector_module_saves_as_what_it_is(tmp_path, module):
+    """A module passed to AIM saves its own kind and options (not the default name), so the save loads back."""
+    model, processor = build_tiny("llava")
+    probe = AIM(model, processor)
+    given = module(probe.backbone.hidden_size, probe.backbone.embed_size)
+    torch.nn.init.normal_(next(given.parameters()))
+    AIM(model, processor, projector=given).save_projector(tmp_path / "proj")
+    loaded = AIM(model, processor, projector=tmp_path / "proj").projector
+    assert type(loaded) is type(given)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), given.state_dict().values()))
+
+
+def test_an_unregistered_projector_is_refused_when_saved(tmp_path):
+    model, processor = build_tiny("llava")
+    aim = AIM(model, processor, projector=torch.nn.Linear(64, 64))
+    with pytest.raises(AIMError, match="'Linear' is not registered"):
+        aim.save_projector(tmp_path / "proj")
+    assert not (tmp_path / "proj").exists()  # nothing half-written

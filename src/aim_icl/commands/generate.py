@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from aim_icl.commands._model import add_demo_argument, add_model_arguments, fresh_projector, load_aim
-from aim_icl.core.modes import MODES
+from aim_icl.core.modes import MODE_TABLE, MODES
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     query = load_image(args.image)  # read inputs before loading a model that may take minutes
     demos = [Demo(load_image(image), text) for image, text in args.demo]
     aim = load_aim(args.model, args.projector, device=args.device)
-    if args.mode == "aim" and fresh_projector(args.model, args.projector) and demos:
+    if MODE_TABLE[args.mode].fused and fresh_projector(args.model, args.projector) and demos:
         logger.warning("no --projector: fitting the copy map on the given demos (AIM then ≈ text-only demos)")
         aim.fit_projector(demos)
     print(aim.generate(query, args.prompt, demos=demos, mode=args.mode, max_new_tokens=args.max_new_tokens))

@@ -17,10 +17,16 @@ from tqdm.auto import tqdm
 from aim_icl.core.backbone import Backbone, resolve_backbone
 from aim_icl.core.demo import Demo, DemoStates, Query
 from aim_icl.core.loading import load_model, load_processor
-from aim_icl.core.modes import MODES  # noqa: F401  (re-exported: callers import the modes from here)
+from aim_icl.core.modes import MODES, mode_of  # noqa: F401  (MODES re-exported: callers import it from here)
 from aim_icl.core.pipeline import PreparePool, default_workers, release_memory
-from aim_icl.core.projector import ProjectorConfig, build_projector, load_projector, save_projector
-from aim_icl.core.prompt import Encoded, PromptEncoder, PromptTemplate, check_mode
+from aim_icl.core.projector import (
+    ProjectorConfig,
+    build_projector,
+    load_projector,
+    projector_config,
+    save_projector,
+)
+from aim_icl.core.prompt import Encoded, PromptEncoder, PromptTemplate
 from aim_icl.errors import AIMError
 
 logger = logging.getLogger(__name__)
@@ -60,6 +66,8 @@ class AIM:
             projector = build_projector(self.projector_config)
         elif isinstance(projector, (str, Path)):
             projector, self.projector_config = load_projector(projector, self.backbone.signature)
+        else:  # a module of the caller's: its own kind and options, whatever `projector_name` says
+            self.projector_config = projector_config(projector, self.backbone.signature)
         self.projector: nn.Module = projector.to(self.backbone.device)
         self._pool: PreparePool | None = None
 
@@ -248,9 +256,8 @@ class AIM:
         Targets end with EOS unless `eos` is False (scoring candidate answers). The prompts are encoded on the CPU
         (`encoder.prepare`), then the demos' fused vectors are written in on the model's device (`finish`).
         """
-        check_mode(mode)
         fused = None
-        if mode == "aim":  # every demo of the batch fused at once: one reading pass, one projector call
+        if mode_of(mode).fused:  # every demo of the batch fused at once: one reading pass, one projector call
             vectors = iter(self.fuse([d for q in queries for d in q.demos]))
             fused = [[next(vectors) for _ in q.demos] for q in queries]
             queries = [replace(q, demos=row) for q, row in zip(queries, fused)]

@@ -29,13 +29,14 @@ from collections.abc import Iterable
 import torch
 
 from aim_icl.core.aim import AIM, DemoLike
+from aim_icl.core.modes import MODE_TABLE, MODES, mode_of
 from aim_icl.core.prefix_attention import maskless_prefix_attention
 from aim_icl.core.prompt import is_per_token, query_parts
 from aim_icl.errors import AIMError
 
 logger = logging.getLogger(__name__)
 
-CACHED_MODES = ("zero", "text", "aim")
+CACHED_MODES = tuple(name for name in MODES if MODE_TABLE[name].prefix_cached)
 
 
 class PrefixCache:
@@ -56,11 +57,11 @@ class PrefixCache:
                 "is shared between queries; use aim.generate without a prefix cache"
             )
         demos = list(demos)
-        if mode == "zero" and demos:
+        if not mode_of(mode).demos and demos:
             raise AIMError("mode 'zero' takes no demos; pass demos=[] or use mode 'text' or 'aim'")
         self.aim = aim
         self.mode = mode
-        if mode == "aim":  # read and projected once, here
+        if mode_of(mode).fused:  # read and projected once, here
             with torch.no_grad():
                 demos = aim.fuse(demos, batch_size=batch_size)
         self.demos = demos

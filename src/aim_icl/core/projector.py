@@ -41,6 +41,7 @@ class ResidualProjector(nn.Module):
     def __init__(self, hidden_size: int, embed_size: int, mlp_ratio: float = 1.0):
         super().__init__()
         width = max(1, int(hidden_size * mlp_ratio))
+        self.mlp_ratio = mlp_ratio
         self.copy = nn.Linear(hidden_size, embed_size)
         self.mlp = nn.Sequential(
             nn.LayerNorm(hidden_size), nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, embed_size)
@@ -51,6 +52,10 @@ class ResidualProjector(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., hidden) -> (..., embed)
         return self.copy(hidden) + self.mlp(hidden)
+
+    def options(self) -> dict:
+        """The constructor options a saved config records (besides the widths)."""
+        return {"mlp_ratio": self.mlp_ratio}
 
     @torch.no_grad()
     def fit_copy(self, hidden: torch.Tensor, embeds: torch.Tensor, ridge: float = 1e-2) -> None:
@@ -97,12 +102,25 @@ def ridge_fit(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Ten
     return weight.float(), bias.float()
 
 
+def projector_config(projector: nn.Module, backbone: BackboneSignature) -> ProjectorConfig:
+    """The config a projector module saves with: the name its class is registered under and its own options
+    (`options()`, where the class has one). An unregistered class keeps its class name: saving it is refused."""
+    name = next((n for n in PROJECTORS.names() if PROJECTORS.get(n) is type(projector)), type(projector).__name__)
+    options = projector.options() if hasattr(projector, "options") else {}
+    return ProjectorConfig(name, backbone, options)
+
+
 def build_projector(config: ProjectorConfig) -> nn.Module:
     cls = PROJECTORS.get(config.name)
     return cls(config.backbone.hidden_size, config.backbone.embed_size, **config.options)
 
 
 def save_projector(projector: nn.Module, config: ProjectorConfig, directory: str | Path) -> Path:
+    if config.name not in PROJECTORS:
+        raise AIMError(
+            f"projector {config.name!r} is not registered, so a saved one could not be loaded; register its class "
+            "with aim_icl.core.projector.PROJECTORS.register(name)"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in projector.state_dict().items()}

@@ -18,7 +18,7 @@ from PIL import Image
 
 from aim_icl.core.backbone import TokenLayout
 from aim_icl.core.demo import Demo, DemoStates, Query, load_image
-from aim_icl.core.modes import MODES
+from aim_icl.core.modes import mode_of
 from aim_icl.errors import AIMError
 
 SLOT_TOKEN = "<|aim_slot|>"
@@ -166,10 +166,10 @@ class PromptEncoder:
         With targets (all queries or none), their tokens (+ EOS unless `eos` is False) follow each prompt and
         `labels` mark them alone. `check_length`: refuse a batch with a prompt past the model's context.
         """
-        check_mode(mode)
+        rules = mode_of(mode)
         prompts, targets = [], []
         for query in queries:
-            if mode == "zero" and query.demos:
+            if not rules.demos and query.demos:
                 raise AIMError("mode 'zero' takes no demos; pass demos=[] or use mode 'text', 'icl' or 'aim'")
             image = None if query.image is None else load_image(query.image)
             demos = [self.demo_parts(d, mode) for d in query.demos]
@@ -196,22 +196,23 @@ class PromptEncoder:
 
         `demo`: a `Demo`, its `DemoStates`, a fused tensor (n_tokens, embed) or token ids (n_tokens,).
         """
+        rules = mode_of(mode)
         if isinstance(demo, torch.Tensor):
-            if mode != "aim" and (demo.ndim != 1 or demo.is_floating_point()):
+            if not rules.fused and (demo.ndim != 1 or demo.is_floating_point()):
                 raise AIMError(
                     f"fused tensors can only be used in mode 'aim', not {mode!r}; pass Demo objects"
                 )
             ids = demo if demo.ndim == 1 else torch.zeros(len(demo), dtype=torch.long)
         elif isinstance(demo, DemoStates):
-            if mode == "icl":
+            if rules.demo_images:
                 raise AIMError("cached demo states hold no image; mode 'icl' needs Demo objects")
             ids = demo.token_ids
         elif isinstance(demo, Demo):
             ids = self.text_ids(demo.text)
         else:
             raise AIMError(f"demos must be Demo, DemoStates or fused tensors, not {type(demo).__name__}")
-        slot = Slots(torch.full_like(ids, self.placeholder_id) if mode == "aim" else ids)
-        if mode != "icl":
+        slot = Slots(torch.full_like(ids, self.placeholder_id) if rules.fused else ids)
+        if not rules.demo_images:
             return [slot]
         if demo.image is None:
             raise AIMError("mode 'icl' needs every demo to have an image")
@@ -331,11 +332,6 @@ def is_per_token(inputs: dict[str, torch.Tensor], key: str) -> bool:
         and not key.startswith("pixel_")
         and value.shape[:2] == inputs["input_ids"].shape
     )
-
-
-def check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise AIMError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
 
 
 def _placeholder_id(tokenizer, image_token_id: int) -> int:

@@ -26,6 +26,7 @@ import torch
 from aim_icl.core.aim import AIM
 from aim_icl.core.batching import ReadPrompts, generate_reading, score_batch, score_read
 from aim_icl.core.demo import Query, load_image
+from aim_icl.core.modes import mode_of
 from aim_icl.core.prompt import Encoded, PromptEncoder
 from aim_icl.errors import AIMError
 from aim_icl.eval.aggregate import STAGES
@@ -170,7 +171,7 @@ def _with_images(query: Query, mode: str) -> Query:
     """The query with its image (and in `icl` mode its demos' images) loaded: a bad one fails this query alone."""
     image = None if query.image is None else load_image(query.image)
     demos = query.demos
-    if mode == "icl":
+    if mode_of(mode).demo_images:
         demos = [replace(d, image=None if d.image is None else load_image(d.image)) for d in demos]
     return replace(query, image=image, demos=demos)
 

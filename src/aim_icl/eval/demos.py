@@ -10,6 +10,7 @@ from pathlib import Path
 from aim_icl.bank.cache import MEMORY, StatesCache
 from aim_icl.core.aim import AIM
 from aim_icl.core.demo import Demo, DemoStates
+from aim_icl.core.modes import mode_of
 from aim_icl.eval.items import Item
 from aim_icl.eval.memory import synchronize
 from aim_icl.eval.task import Task
@@ -61,14 +62,14 @@ class DemoSource:
         self.encode_seconds = 0.0
 
     def demos(self, indices: list[int], mode: str) -> list[Demo | DemoStates]:
-        if mode == "aim":
+        if mode_of(mode).fused:
             return self.states(indices)
         return [self.task.demo(self.pool[i]) for i in indices]
 
     def layouts(self, indices: list[int], mode: str) -> list[Demo]:
         """The demos as a prompt lays them out: their texts, and their (unread) image sources in `icl` mode."""
         demos = [self.task.demo(self.pool[i]) for i in indices]
-        return demos if mode == "icl" else [Demo(None, d.text) for d in demos]
+        return demos if mode_of(mode).demo_images else [Demo(None, d.text) for d in demos]
 
     def states(self, indices: list[int]) -> list[DemoStates]:
         start, read = time.perf_counter(), self.cache.read

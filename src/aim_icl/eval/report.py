@@ -11,7 +11,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from aim_icl.core.aim import MODES
+from aim_icl.core.modes import MODES
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ import torch
 from tqdm.auto import tqdm
 
 from aim_icl.bank.fingerprint import weights_hash
-from aim_icl.core.aim import AIM, MODES
+from aim_icl.core.aim import AIM
 from aim_icl.core.demo import Query
+from aim_icl.core.modes import MODE_TABLE, MODES
 from aim_icl.core.pipeline import default_workers, release_memory
 from aim_icl.core.placement import process_state
 from aim_icl.errors import AIMError
@@ -57,7 +58,7 @@ class Cell:
 def plan_cells(modes: Sequence[str], shots: Sequence[int], trials: int, seed: int) -> list[Cell]:
     """Zero-shot once (if `zero` is a mode or 0 a shot count), then every other mode x shots > 0 x trial."""
     cells = [Cell("zero", 0, 0, seed)] if "zero" in modes or 0 in shots else []
-    for mode in (m for m in MODES if m in modes and m != "zero"):
+    for mode in (m for m in MODES if m in modes and MODE_TABLE[m].demos):
         cells += [Cell(mode, k, t, seed + t) for k in sorted(set(shots)) if k > 0 for t in range(trials)]
     return cells
 
@@ -162,7 +163,7 @@ class _Run:
         start, stages = time.perf_counter(), Stages()
         picks = [self._picks(cell, q) for q in items]
         with PeakMemory(self.aim.backbone.device) as peak:
-            if cell.mode == "aim":
+            if MODE_TABLE[cell.mode].fused:
                 with stages.time("read_s", self.aim):
                     self.source.states([i for p in picks for i in p])
             starts = range(0, len(items), self.batch_size)
@@ -190,7 +191,7 @@ class _Run:
         self, prepared: PreparedBatch, picks: list[list[int]], mode: str, stages: Stages
     ) -> list[dict]:
         """`answer_prepared`, halving the batch (for the rest of the run) while the device runs out of memory."""
-        fused = [self.source.states(p) for p in picks] if mode == "aim" else None
+        fused = [self.source.states(p) for p in picks] if MODE_TABLE[mode].fused else None
         try:
             return answer_prepared(self.aim, self.task, prepared, fused, stages)
         except torch.OutOfMemoryError:

@@ -28,6 +28,7 @@ from aim_icl.bank import DemoBank
 from aim_icl.core.aim import AIM
 from aim_icl.core.batching import eos_ids, generate_batch
 from aim_icl.core.demo import Demo, DemoStates, Query
+from aim_icl.core.modes import mode_of
 from aim_icl.core.prompt import Encoded, PromptEncoder
 from aim_icl.errors import AIMError
 from aim_icl.registry import Registry
@@ -180,9 +181,10 @@ class ModelService:
         deadline: float,
         sink: StreamSink | None = None,
     ) -> GenerationJob:
-        demos = [] if mode == "zero" else chat.demos
-        laid_out = demos if mode == "icl" else [Demo(None, d.text) for d in demos]
-        request = PromptRequest(Query(chat.image, chat.text, laid_out), mode, demos if mode == "aim" else [])
+        rules = mode_of(mode)
+        demos = chat.demos if rules.demos else []
+        laid_out = demos if rules.demo_images else [Demo(None, d.text) for d in demos]
+        request = PromptRequest(Query(chat.image, chat.text, laid_out), mode, demos if rules.fused else [])
         return GenerationJob(request, generation, deadline, sink)
 
     def predict_job(
@@ -297,11 +299,12 @@ class ModelService:
             request.encoded = self._encode(request)
         task, demos = request.task, request.demos
         if task is not None:  # a fixed task: its demos are the prefix cache's (fused once) or its own
-            fused = [task.cache.demos] if task.cache is not None and task.mode == "aim" else None
+            rules = mode_of(task.mode)
+            fused = [task.cache.demos] if task.cache is not None and rules.fused else None
             inputs = self.aim.finish(request.encoded, fused)
-            hits = 0 if task.mode == "icl" else len(task.demos)
+            hits = 0 if rules.demo_images else len(task.demos)
             return Prompt(inputs, task.mode, task.demo_keys, len(task.demos), hits, prefix_cache=task.cache)
-        if request.mode != "aim" or not demos:
+        if not mode_of(request.mode).fused or not demos:
             inputs = self.aim.finish(request.encoded)
             return Prompt(inputs, request.mode, [], len(request.query.demos), 0)
         states, hits = self._bank_states(demos)
@@ -328,7 +331,8 @@ class ModelService:
         request = spec.request
         if request.name in self.tasks:
             raise RequestError(f"task {request.name!r} already exists; pick another name", "conflict")
-        keys = [] if request.mode == "icl" else self.bank.add(spec.uploaded, progress=False)
+        rules = mode_of(request.mode)
+        keys = [] if rules.demo_images else self.bank.add(spec.uploaded, progress=False)
         missing = [k for k in request.demo_keys if k not in self.bank]
         if missing:
             raise RequestError(f"no demo with key {missing[0]!r} in the bank", "not_found")
@@ -337,8 +341,8 @@ class ModelService:
             request.name, request.mode, request.strategy, request.k or len(keys), request.template, keys
         )
         if request.strategy == "fixed":
-            task.demos = spec.uploaded if request.mode == "icl" else [self.bank.get(k) for k in keys]
-            task.cache = None if request.mode == "icl" else self._prefix_cache(task.demos, request.mode)
+            task.demos = spec.uploaded if rules.demo_images else [self.bank.get(k) for k in keys]
+            task.cache = self._prefix_cache(task.demos, request.mode) if rules.prefix_cached else None
         elif len(self.bank) < task.k:
             raise RequestError(f"the bank holds {len(self.bank)} demos, fewer than k={task.k}")
         self.tasks.register(task.name, task)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aim_icl.core.demo import Demo
+from aim_icl.core.modes import mode_of
 from aim_icl.serve.errors import RequestError
 from aim_icl.serve.images import ImagePolicy, fetch_image
 from aim_icl.serve.schemas import TaskRequest
@@ -42,11 +43,12 @@ def prepare_task(request: TaskRequest, policy: ImagePolicy, max_demos: int) -> T
     if "{question}" not in request.template:
         raise RequestError("template must hold {question}, where the query's question goes")
     count = len(request.demos) + len(request.demo_keys)
-    if request.strategy == "fixed" and request.mode == "zero" and count:
+    rules = mode_of(request.mode)
+    if request.strategy == "fixed" and not rules.demos and count:
         raise RequestError("mode 'zero' takes no demos")
-    if request.strategy != "fixed" and (request.k is None or request.mode not in ("aim", "text")):
+    if request.strategy != "fixed" and (request.k is None or not rules.demos or rules.demo_images):
         raise RequestError(f"strategy {request.strategy!r} needs k and mode 'aim' or 'text'")
-    if request.mode == "icl" and request.demo_keys:
+    if rules.demo_images and request.demo_keys:
         raise RequestError("mode 'icl' needs uploaded demos with images; bank keys hold no image")
     if max(count, request.k or 0) > max_demos:
         raise RequestError(f"too many demonstrations: at most {max_demos} per task", "too_large")

@@ -5,8 +5,9 @@ LLaVA-Next: 336-px CLIP patches, llava-v1.6 grid pinpoints, 672x672 images. Qwen
 
 from __future__ import annotations
 
-from aim_icl.core.aim import AIM, MODES
+from aim_icl.core.aim import AIM
 from aim_icl.core.demo import Demo
+from aim_icl.core.modes import MODE_TABLE, MODES
 from aim_icl.testing.tiny import build_tiny, tiny_image
 
 GEOMETRIES = {"llava_next": (672, 672), "qwen2_vl": (448, 448)}
@@ -27,7 +28,7 @@ def count_tokens(family: str, size: tuple[int, int], shots: list[int]) -> list[d
         row = {"family": family, "image": f"{size[0]}x{size[1]}", "shots": k}
         for mode in MODES:
             inputs = aim.build_inputs(
-                tiny_image(999, size=size), QUERY, demos[:k] if mode != "zero" else [], mode
+                tiny_image(999, size=size), QUERY, demos[:k] if MODE_TABLE[mode].demos else [], mode
             )
             row[mode] = inputs["input_ids"].shape[1]
         rows.append(row)
