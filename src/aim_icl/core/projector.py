@@ -105,7 +105,9 @@ def ridge_fit(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Ten
 def projector_config(projector: nn.Module, backbone: BackboneSignature) -> ProjectorConfig:
     """The config a projector module saves with: the name its class is registered under and its own options
     (`options()`, where the class has one). An unregistered class keeps its class name: saving it is refused."""
-    name = next((n for n in PROJECTORS.names() if PROJECTORS.get(n) is type(projector)), type(projector).__name__)
+    name = next(
+        (n for n in PROJECTORS.names() if PROJECTORS.get(n) is type(projector)), type(projector).__name__
+    )
     options = projector.options() if hasattr(projector, "options") else {}
     return ProjectorConfig(name, backbone, options)
 
