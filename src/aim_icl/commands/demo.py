@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--projector", type=Path, help="projector directory or Hub repo org/name (default: the shipped one)"
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--batch-size", type=int, help="queries per forward pass (default: 16 on a CPU)")
+    parser.add_argument("--batch-size", type=int, help="queries per forward pass (default: 64)")
     add_workers_argument(parser)
 
 

@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size",
         type=int,
-        help="queries per forward pass (default: 16 on a CPU, 64 on a GPU, halved on OOM)",
+        help="queries per forward pass (default: 64, halved on OOM)",
     )
     add_workers_argument(parser)
     parser.add_argument(
