@@ -17,6 +17,8 @@ do not fight the model for cores.
 
 from __future__ import annotations
 
+import copyreg
+import io
 import multiprocessing
 import os
 import pickle
@@ -27,8 +29,11 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 import torch
+import torch.multiprocessing
+from torch.multiprocessing.reductions import reduce_storage, reduce_tensor
 
 PREFETCH = 2  # jobs in flight per worker
+SHARED_BYTES = 1 << 20  # tensors from this size on come back through shared memory
 MAX_DEFAULT_WORKERS = 8
 
 _preparer: Any = None  # a worker's own copy of the preparer
@@ -140,11 +145,28 @@ def _install(preparer: Any) -> None:
     global _preparer
     _preparer = preparer
     torch.set_num_threads(1)
+    # shared tensors by file name: the result's bytes travel through any pipe, and this worker's own choice
+    torch.multiprocessing.set_sharing_strategy("file_system")
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> bytes:
-    # plain pickle: small tensors by value cost far less than a shared-memory segment and descriptor each
-    return pickle.dumps(fn(_preparer, *args), protocol=pickle.HIGHEST_PROTOCOL)
+    buffer = io.BytesIO()
+    _ResultPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(fn(_preparer, *args))
+    return buffer.getvalue()
+
+
+class _ResultPickler(pickle.Pickler):
+    """Large tensors (pixel batches: hundreds of MB at real geometries) through shared memory, the rest by value:
+    a shared-memory segment per small tensor costs more than copying it through the pipe."""
+
+    dispatch_table = copyreg.dispatch_table.copy()
+
+    def reducer_override(self, obj):
+        if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and obj.nbytes >= SHARED_BYTES:
+            return reduce_tensor(obj)  # its storage comes here next
+        if isinstance(obj, (torch.UntypedStorage, torch.TypedStorage)) and obj.nbytes() >= SHARED_BYTES:
+            return reduce_storage(obj)
+        return NotImplemented
 
 
 def release_memory(device: torch.device) -> None:
