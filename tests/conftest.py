@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +84,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(*arguments: str):
+    """A real `aim-icl serve` with these arguments on a free loopback port (one torch thread); yields its URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "aim_icl.cli", "serve", "--port", str(port), *arguments]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 def wait_healthy(url: str, process: subprocess.Popen, seconds: float = 120.0) -> None:

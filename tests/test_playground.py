@@ -11,14 +11,12 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, wait_healthy
+from conftest import serving
 from PIL import Image
 
 pytestmark = pytest.mark.browser
@@ -37,18 +35,8 @@ WAIT_S = 90
 
 @pytest.fixture(scope="module")
 def server():
-    port = free_port()
-    command = [sys.executable, "-m", "aim_icl.cli", "serve", "--port", str(port), "--api-key", KEY]
-    process = subprocess.Popen(
-        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, process)
+    with serving("--api-key", KEY) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 @pytest.fixture(scope="module")

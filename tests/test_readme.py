@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port, wait_healthy
+from conftest import serving
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -70,17 +70,9 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
 @pytest.fixture(scope="module")
 def server(saved_llava):
     """`aim-icl serve` on the tiny LLaVA and its projector (loopback, no key, as the README's client assumes)."""
-    port = free_port()
-    command = [sys.executable, "-m", "aim_icl.cli", "serve", "--model", str(saved_llava.model),
-               "--projector", str(saved_llava.projector), "--port", str(port), "--max-new-tokens", "4"]  # fmt: skip
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, process)
+    model, projector = str(saved_llava.model), str(saved_llava.projector)
+    with serving("--model", model, "--projector", projector, "--max-new-tokens", "4") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def test_the_readme_has_python_examples():

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
 
 import httpx
 import openai
 import pytest
 import torch
+from conftest import serving
 from PIL import Image
 
 from aim_icl.testing.tiny import tiny_image
@@ -58,46 +54,17 @@ def bomb_url(width: int, height: int) -> str:
     return "data:image/png;base64," + base64.b64encode(bytes(raw)).decode()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(saved_llava, tmp_path_factory):
     directory, projector, aim = saved_llava.model, saved_llava.projector, saved_llava.aim  # aim counts tokens
     allowed = tmp_path_factory.mktemp("allowed")
     tiny_image(5).save(allowed / "query.png")
-    port = free_port()
-    command = [
-        sys.executable, "-m", "aim_icl.cli", "serve", "--model", str(directory),
-        "--projector", str(projector), "--port", str(port), "--api-key", KEY,
-        "--allow-dir", str(allowed), "--max-demos", str(MAX_DEMOS),
-        "--max-image-bytes", str(MAX_IMAGE_BYTES), "--max-new-tokens", "4",
+    arguments = [
+        "--model", str(directory), "--projector", str(projector), "--api-key", KEY, "--allow-dir", str(allowed),
+        "--max-demos", str(MAX_DEMOS), "--max-image-bytes", str(MAX_IMAGE_BYTES), "--max-new-tokens", "4",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, process)
+    with serving(*arguments) as url:
         yield url, aim, allowed
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, seconds: float = 120.0) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.3)
-    raise RuntimeError("server did not become healthy")
 
 
 @pytest.fixture(scope="module")
