@@ -47,8 +47,6 @@ def rows_from_records(
         if record["id"] in items:
             cell = (record["mode"], int(record["shots"]), int(record["trial"]))
             (failed[cell].add(record["id"]) if "error" in record else by_cell[cell].append(record))
-    for cell, ids in failed.items():  # failed once, answered on a rerun: answered
-        ids -= {r["id"] for r in by_cell[cell]}
     groups = defaultdict(list)  # (mode, shots) -> cells in trial order
     for cell in cells:
         groups[(cell.mode, cell.shots)].append(cell)

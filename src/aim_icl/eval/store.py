@@ -47,7 +47,8 @@ class PredictionStore:
         self._append("stats", {**record, "rank": self.rank})
 
     def read(self, kind: str) -> list[dict]:
-        """Every process's records of `kind` ('predictions' or 'stats'); duplicates of a prediction keep the first."""
+        """Every process's records of `kind` ('predictions' or 'stats'); duplicates of a prediction keep the first
+        answer (a failure counts only while nothing answered that query)."""
         if self.directory is None:
             return list(self._memory[kind])
         records = [r for path in sorted(self.directory.glob(f"{kind}*.jsonl")) for r in _read_lines(path)]
@@ -55,7 +56,9 @@ class PredictionStore:
             return records
         unique: dict[Key, dict] = {}
         for record in records:
-            unique.setdefault(record_key(record), record)
+            kept = unique.setdefault(record_key(record), record)
+            if "error" in kept and "error" not in record:  # failed, then answered by a rerun
+                unique[record_key(record)] = record
         return list(unique.values())
 
     def _append(self, kind: str, record: dict) -> None:
