@@ -240,6 +240,14 @@ def test_build_skips_and_reports_bad_lines(saved_model, tmp_path, capsys):
     assert main(build_args(saved_model, demo_file, bank)) == 0  # incremental: nothing new to add
     assert "added 0, already stored 3" in capsys.readouterr().out
 
+    only_bad = tmp_path / "data" / "bad.jsonl"
+    only_bad.write_text("\n".join(json.dumps(b) for b in bad) + "\n")
+    assert (
+        main(build_args(saved_model, only_bad, tmp_path / "other.sqlite")) == 2
+    )  # nothing built is a failure
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's loading bar: one line
+    assert err.startswith("aim-icl bank: error: no line of") and "line 1: image not found" in err
+
 
 KILLABLE_BUILD = """
 import sys, time

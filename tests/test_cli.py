@@ -149,3 +149,29 @@ def test_a_module_of_an_extra_missing_deep_inside_a_verb_is_one_line_too(tmp_pat
     assert result.stderr == (
         'aim-icl world: error: needs the [train] extra (yaml is not installed): pip install "aim-icl[train]"\n'
     )
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["generate", "--image", "q.png", "--prompt", "x", "--max-new-tokens", "0"],
+            "--max-new-tokens: must be at least 1",
+        ),
+        (
+            ["generate", "--image", "q.png", "--prompt", "x", "--max-new-tokens", "-1"],
+            "--max-new-tokens: must be at least 1",
+        ),
+        (
+            ["generate", "--image", "q.png", "--prompt", "x", "--device", "bogus"],
+            "--device: 'bogus' is not a torch device",
+        ),
+        (["serve", "--port", "99999"], "--port: a TCP port is 1-65535, got 99999"),
+        (["eval", "--task", "vqav2", "--device", "nope"], "--device: 'nope' is not a torch device"),
+    ],
+)
+def test_out_of_range_options_are_one_error_line_before_any_model_loads(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and message in err[-1] and "Traceback" not in "".join(err)

@@ -35,3 +35,32 @@ def add_workers_argument(parser: argparse.ArgumentParser) -> None:
         "(default: with a GPU the cores less one, on the CPU half the cores less one, at most 8; "
         "0: in the model's thread)",
     )
+
+
+# -- argument types: a bad value is argparse's one-line error, before any model loads ----------------------------
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1-65535, got {value}")
+    return value
+
+
+def torch_device(text: str) -> str:
+    import torch
+
+    try:
+        torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a torch device; use e.g. cpu, cuda or cuda:1"
+        ) from None
+    return text

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from aim_icl.commands._model import add_model_arguments, load_aim
+from aim_icl.commands._model import add_model_arguments, load_aim, torch_device
 from aim_icl.core.dtypes import FLOAT_DTYPES as DTYPES
 from aim_icl.errors import AIMError
 
@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--batch-size", type=int, default=8)
     build.add_argument("--dtype", choices=DTYPES, default="float16", help="dtype of the stored hidden states")
     build.add_argument("--layer", type=int, default=-1, help="hidden-state layer the projector reads")
-    build.add_argument("--device", default=None, help="torch device (default: accelerate's, else cpu)")
+    build.add_argument(
+        "--device", type=torch_device, default=None, help="torch device (default: accelerate's, else cpu)"
+    )
     build.add_argument(
         "--model-dtype",
         choices=DTYPES,
@@ -76,6 +78,11 @@ def _build(args: argparse.Namespace) -> int:
     report = build_bank(
         aim, args.demos, args.bank, args.batch_size, getattr(torch, args.dtype), progress=not args.no_progress
     )
+    if report.read == 0 and report.skipped:  # nothing built is a failure, not a report
+        raise AIMError(
+            f"no line of {args.demos} is a usable demo ({len(report.skipped)} skipped; first: "
+            f"{report.skipped[0]}); fix the file and rerun"
+        )
     if state.is_main_process:
         already = report.read - report.added
         print(

@@ -12,7 +12,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from aim_icl.commands._model import add_model_arguments, add_workers_argument, fresh_projector, load_aim
+from aim_icl.commands._model import (
+    add_model_arguments,
+    add_workers_argument,
+    fresh_projector,
+    load_aim,
+    positive_int,
+    torch_device,
+)
 from aim_icl.core.dtypes import FLOAT_DTYPES
 from aim_icl.core.modes import MODES
 from aim_icl.errors import AIMError
@@ -48,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool-size", type=int, default=2048, help="train items demos are drawn from")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, help="default: eval-results/<task>")
-    parser.add_argument("--max-new-tokens", type=int, help="default: the task's")
+    parser.add_argument("--max-new-tokens", type=positive_int, help="default: the task's")
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -58,7 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fit-demos", type=int, default=256, help="pool demos to fit the copy map on (no projector)"
     )
-    parser.add_argument("--device", help="torch device (default: this process's accelerate device)")
+    parser.add_argument(
+        "--device", type=torch_device, help="torch device (default: this process's accelerate device)"
+    )
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="model weights dtype")
 
 

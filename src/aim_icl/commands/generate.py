@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from aim_icl.commands._model import add_demo_argument, add_model_arguments, fresh_projector, load_aim
+from aim_icl.commands._model import (
+    add_demo_argument,
+    add_model_arguments,
+    fresh_projector,
+    load_aim,
+    positive_int,
+    torch_device,
+)
 from aim_icl.core.modes import MODE_TABLE, MODES
 
 logger = logging.getLogger(__name__)
@@ -17,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, help="query text, e.g. 'Question: what is it? Answer:'")
     add_demo_argument(parser, "a demonstration (repeatable)")
     parser.add_argument("--mode", choices=MODES, default="aim")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=32)
+    parser.add_argument("--device", type=torch_device, default="cpu", help="torch device, e.g. cpu or cuda")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,15 @@ import logging
 import os
 from pathlib import Path
 
-from aim_icl.commands._model import add_model_arguments, add_workers_argument, fresh_projector, load_aim
+from aim_icl.commands._model import (
+    add_model_arguments,
+    add_workers_argument,
+    fresh_projector,
+    load_aim,
+    port_number,
+    positive_int,
+    torch_device,
+)
 from aim_icl.errors import AIMError
 from aim_icl.serve import cluster  # no Ray at import: Ray only when --replicas asks for it
 
@@ -25,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bank", help="Demonstration Bank file (created if absent; default: a temporary one)"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=port_number, default=8000)
     parser.add_argument(
         "--api-key", default=os.environ.get("AIM_ICL_API_KEY"), help="bearer key (env AIM_ICL_API_KEY)"
     )
@@ -33,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-dir", action="append", default=[], help="directory local image paths may be in"
     )
     parser.add_argument("--name", default="aim", help="model name reported by /v1/models and in responses")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--device", type=torch_device, default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument(
         "--queue-size", type=int, default=32, help="requests waiting for the model; more get 503"
     )
@@ -49,7 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-bytes", type=int, default=8 * 1024 * 1024)
     parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
     parser.add_argument("--max-demos", type=int, default=32, help="demonstrations per request or task")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="when a request names no max_tokens")
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, default=64, help="when a request names no max_tokens"
+    )
     parser.add_argument(
         "--demo-template",
         help="chat demo text from {user} and {assistant} (default: the two joined by a space)",
