@@ -160,3 +160,17 @@ def test_check_extra_finds_a_missing_module_without_importing_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
     with pytest.raises(MissingDependency, match=r"needs the \[serve\] extra \(uvicorn is not installed\)"):
         check_extra("serve")
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "gemma3", "paligemma"])
+@pytest.mark.parametrize("mode", ["text", "icl", "aim"])
+def test_a_demo_text_holding_the_image_token_is_one_error(family, mode):
+    """The model's image token in a demo's text (or its answer) would ask for an image that is not there."""
+    model, processor = build_tiny(family)
+    aim = AIM(model, processor)
+    token = processor.tokenizer.convert_ids_to_tokens(aim.backbone.image_token_id)
+    demo = Demo(tiny_image(1), f"question: what is it? answer: a {token} dax")
+    with pytest.raises(AIMError, match="holds the image token"):
+        aim.build_inputs(tiny_image(2), QUERY, [demo], mode)
+    with pytest.raises(AIMError, match="holds the image token"):
+        aim.build_inputs(tiny_image(2), QUERY, [], "zero", target=f"a {token}")

@@ -209,6 +209,16 @@ def _with_query_image(url: str) -> list[dict]:
     ]
 
 
+def _with_token(messages: list[dict], turn: int) -> list[dict]:
+    """The chat with the model's image token written into one example turn's text (the user's, or the answer)."""
+    message = messages[turn]
+    if isinstance(message["content"], str):
+        message["content"] += " <image>"
+    else:
+        message["content"][-1]["text"] += " <image>"
+    return messages
+
+
 BIG = Image.fromarray(torch.randint(0, 256, (200, 200, 3), dtype=torch.uint8).numpy())  # noise PNG ~120 kB
 
 
@@ -224,6 +234,8 @@ BIG = Image.fromarray(torch.randint(0, 256, (200, 200, 3), dtype=torch.uint8).nu
         ("wrong_key", 401, "wrong API key"),
         ("missing_key", 401, "missing API key"),
         ("unknown_task", 404, "unknown task"),
+        ("image_token_in_demo", 400, "holds the image token"),
+        ("image_token_in_answer", 400, "holds the image token"),
     ],
 )
 def test_bad_requests_get_a_clean_4xx_and_the_server_keeps_serving(
@@ -243,6 +255,8 @@ def test_bad_requests_get_a_clean_4xx_and_the_server_keeps_serving(
         "wrong_key": lambda: _post(server, chat_path, headers={"Authorization": "Bearer nope"}, json={"messages": few_shot(0)}),
         "missing_key": lambda: httpx.post(f"{server[0]}{chat_path}", json={"messages": few_shot(0)}),
         "unknown_task": lambda: _post(server, "/v1/tasks/nope/predict", json={"question": "x"}),
+        "image_token_in_demo": lambda: _post(server, chat_path, json={"messages": _with_token(few_shot(1), 0), "aim_mode": "text"}),
+        "image_token_in_answer": lambda: _post(server, chat_path, json={"messages": _with_token(few_shot(1), 1)}),
     }  # fmt: skip
     response = requests[case]()
     assert response.status_code == status, response.text

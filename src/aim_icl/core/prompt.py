@@ -147,9 +147,17 @@ class PromptEncoder:
     def _kept(self, key: str | tuple[str, str], tokenize) -> torch.Tensor:
         ids = self._ids.get(key)
         if ids is None:
+            ids = torch.tensor(tokenize(), dtype=torch.long)
+            # the image token in a text makes the model look for an image that is not there
+            if (ids == self.layout.image_token_id).any():
+                text = key if isinstance(key, str) else key[1]
+                marker = self.tokenizer.convert_ids_to_tokens(self.layout.image_token_id)
+                raise AIMError(
+                    f"the text {text[:60]!r} holds the image token {marker!r}; remove it: only images place it"
+                )
             if len(self._ids) >= TOKENS_KEPT:
                 self._ids.clear()
-            ids = self._ids[key] = torch.tensor(tokenize(), dtype=torch.long)
+            self._ids[key] = ids
         return ids
 
     def query_answer_ids(self, text: str, answer: str, eos: bool = False) -> torch.Tensor:
