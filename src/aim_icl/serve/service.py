@@ -138,7 +138,7 @@ class ModelService:
         """`bank_over`: a shared bank read but never written (server replicas); `bank_path` then holds what this
         service adds (`aim_icl.bank.layered`). `workers`: processes preparing prompts (0: the calling thread)."""
         self.aim = aim
-        self.workers = workers
+        self.pool = aim.pipeline(workers)  # made here, once: requests' threads share it
         self.model_name = model_name
         self.metrics = Metrics()
         self.tasks: Registry[ServedTask] = Registry("task")
@@ -205,8 +205,7 @@ class ModelService:
         return job
 
     def _encode(self, request: PromptRequest) -> Encoded:
-        pool = self.aim.pipeline(self.workers)
-        return pool.submit(PromptEncoder.prepare, [request.query], request.mode).result()
+        return self.pool.submit(PromptEncoder.prepare, [request.query], request.mode).result()
 
     # -- the worker's side ---------------------------------------------------------------------------------------
 
