@@ -332,6 +332,23 @@ class PromptEncoder:
         return batch
 
 
+def laid_out(demos: Sequence, mode: str) -> list:
+    """Demos as a prompt in `mode` lays them out, and no more (cheap to send to a prepare worker): `Demo`s keep
+    their image only where the mode shows it (`icl`), stored states become their token ids, fused tensors the
+    length they take."""
+    images = mode_of(mode).demo_images
+    return [
+        (d if images else Demo(None, d.text))
+        if isinstance(d, Demo)
+        else d.token_ids
+        if isinstance(d, DemoStates)
+        else torch.zeros(len(d), dtype=torch.long)
+        if isinstance(d, torch.Tensor) and d.ndim == 2
+        else d
+        for d in demos
+    ]
+
+
 def is_per_token(inputs: dict[str, torch.Tensor], key: str) -> bool:
     """Whether `inputs[key]` has a value per token, (B, T, ...) like `input_ids` (pixel inputs never do)."""
     value = inputs[key]

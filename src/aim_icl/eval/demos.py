@@ -11,6 +11,7 @@ from aim_icl.bank.cache import MEMORY, StatesCache
 from aim_icl.core.aim import AIM
 from aim_icl.core.demo import Demo, DemoStates
 from aim_icl.core.modes import mode_of
+from aim_icl.core.prompt import laid_out
 from aim_icl.eval.items import Item
 from aim_icl.eval.memory import synchronize
 from aim_icl.eval.task import Task
@@ -68,8 +69,7 @@ class DemoSource:
 
     def layouts(self, indices: list[int], mode: str) -> list[Demo]:
         """The demos as a prompt lays them out: their texts, and their (unread) image sources in `icl` mode."""
-        demos = [self.task.demo(self.pool[i]) for i in indices]
-        return demos if mode_of(mode).demo_images else [Demo(None, d.text) for d in demos]
+        return laid_out([self.task.demo(self.pool[i]) for i in indices], mode)
 
     def states(self, indices: list[int]) -> list[DemoStates]:
         start, read = time.perf_counter(), self.cache.read

@@ -21,15 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from aim_icl.bank import DemoBank
 from aim_icl.core.aim import AIM
 from aim_icl.core.batching import eos_ids, generate_batch
-from aim_icl.core.demo import Demo, DemoStates, Query
+from aim_icl.core.demo import Demo, Query
 from aim_icl.core.modes import mode_of
-from aim_icl.core.prompt import Encoded, PromptEncoder
+from aim_icl.core.prompt import Encoded, PromptEncoder, laid_out
 from aim_icl.errors import AIMError
 from aim_icl.registry import Registry
 from aim_icl.serve.chat import Conversation
@@ -183,8 +182,8 @@ class ModelService:
     ) -> GenerationJob:
         rules = mode_of(mode)
         demos = chat.demos if rules.demos else []
-        laid_out = demos if rules.demo_images else [Demo(None, d.text) for d in demos]
-        request = PromptRequest(Query(chat.image, chat.text, laid_out), mode, demos if rules.fused else [])
+        query = Query(chat.image, chat.text, laid_out(demos, mode))
+        request = PromptRequest(query, mode, demos if rules.fused else [])
         return GenerationJob(request, generation, deadline, sink)
 
     def predict_job(
@@ -192,7 +191,8 @@ class ModelService:
     ) -> GenerationJob:
         task = self._task(name)
         text = task.template.format(question=question)
-        demos = [] if task.strategy != "fixed" else _layouts(task.cache.demos if task.cache else task.demos)
+        fixed = task.cache.demos if task.cache else task.demos
+        demos = laid_out(fixed, task.mode) if task.strategy == "fixed" else []
         return GenerationJob(
             PromptRequest(Query(image, text, demos), task.mode, task=task), generation, deadline
         )
@@ -361,19 +361,6 @@ class ModelService:
         except AIMError as err:  # e.g. families whose query image precedes the demos
             logger.warning("task served without a prefix cache: %s", err)
             return None
-
-
-def _layouts(demos: list) -> list:
-    """Fixed demos as a prompt lays them out: token ids for stored states and fused tensors' lengths (cheap to send
-    to a worker), the demos themselves for `icl`."""
-    return [
-        d.token_ids
-        if isinstance(d, DemoStates)
-        else torch.zeros(len(d), dtype=torch.long)  # a fused demo: only its length shapes the prompt
-        if isinstance(d, torch.Tensor)
-        else d
-        for d in demos
-    ]
 
 
 def _remaining(deadline: float) -> float:

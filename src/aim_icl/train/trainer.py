@@ -31,7 +31,7 @@ from aim_icl.core.loading import load_model, load_processor
 from aim_icl.core.pipeline import default_workers
 from aim_icl.core.placement import use_cpu
 from aim_icl.core.projector import CONFIG_NAME, save_projector
-from aim_icl.core.prompt import Encoded, PromptEncoder
+from aim_icl.core.prompt import Encoded, PromptEncoder, laid_out
 from aim_icl.errors import AIMError
 from aim_icl.train import checkpoint as ckpt
 from aim_icl.train.config import TrainConfig, save_config
@@ -406,7 +406,7 @@ def prepare_training_batch(encoder: PromptEncoder, samples: list[Query], drawn: 
 
 
 def _laid_out(sample: Query) -> Query:
-    return replace(sample, demos=[Demo(None, d.text) for d in sample.demos])  # the prompt needs no demo image
+    return replace(sample, demos=laid_out(sample.demos, "aim"))
 
 
 def _preparable(encoder: PromptEncoder, sample: Query) -> bool:
