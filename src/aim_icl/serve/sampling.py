@@ -4,6 +4,10 @@
 generator, so requests with their own settings and seeds could not share a batch. `RowSampler` draws each row's
 token itself (its temperature, its top_p, its own seeded generator) and leaves the drawn token as the only finite
 score; `generate` then runs greedy and takes it. Greedy rows pass through untouched, so they match `aim.generate`.
+
+Every value the API accepts is answered: temperatures under `GREEDY_BELOW` are greedy (softmax(scores / 1e-38)
+overflows float32; such a distribution is the top token anyway), the scaled scores go through log-softmax in
+float32, and top_p keeps the top token however small it is (1e-46 is 0 in float32).
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor
 
+GREEDY_BELOW = 1e-4  # temperatures under this sample the top token: greedy
+
 
 @dataclass(frozen=True)
 class Generation:
-    """One request's generation settings; `temperature` 0 is greedy. `n` choices each get their own row."""
+    """One request's generation settings; `temperature` under GREEDY_BELOW is greedy. `n` choices each get
+    their own row."""
 
     max_tokens: int
     temperature: float = 0.0
@@ -55,7 +62,8 @@ class RowSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if self._generators is None:  # on the scores' device, seeded once per generation
             self._generators = [
-                _generator(r.seed, scores.device) if r.temperature > 0 else None for r in self.rows
+                _generator(r.seed, scores.device) if r.temperature >= GREEDY_BELOW else None
+                for r in self.rows
             ]
         for row, (setting, generator) in enumerate(zip(self.rows, self._generators)):
             if generator is not None:
@@ -67,11 +75,13 @@ class RowSampler(LogitsProcessor):
 
 def _draw(scores: torch.Tensor, setting: RowSampling, generator: torch.Generator) -> torch.Tensor:
     """One token from softmax(scores / temperature), restricted to the smallest set holding top_p of the mass."""
-    probs = torch.softmax(scores.float() / setting.temperature, dim=-1)  # (vocab,)
+    probs = torch.log_softmax(scores.float() / setting.temperature, dim=-1).exp()  # (vocab,)
     if setting.top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)
         before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above each one
-        sorted_probs[before >= setting.top_p] = 0.0  # the top token always stays (before = 0)
+        dropped = before >= setting.top_p
+        dropped[0] = False  # the top token always stays
+        sorted_probs[dropped] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return torch.multinomial(probs, 1, generator=generator)
 
