@@ -32,6 +32,8 @@ def parse_chat(
     the query. System (and developer) text goes before the query text."""
     if messages[-1].role != "user":
         raise RequestError("the last message must be the user's question")
+    for message in messages:
+        _image_urls(message)  # images only in user turns, one each
     system = [_texts(m) for m in messages if m.role in ("system", "developer")]
     turns = [m for m in messages if m.role in ("user", "assistant")]
     demos, i = [], 0
@@ -65,7 +67,7 @@ def _image_urls(message: ChatMessage) -> list[str]:
     if len(urls) > 1:
         raise RequestError("one image per user turn: a demo or the query holds a single image")
     if urls and message.role != "user":
-        raise RequestError("only user turns may hold images")
+        raise RequestError(f"only user turns may hold images, not {message.role} turns")
     return urls
 
 

@@ -18,11 +18,19 @@ from aim_icl.serve.errors import RequestError
 
 @dataclass(frozen=True)
 class ImagePolicy:
-    """Limits on one image: its encoded bytes, its pixels (checked before decoding), where paths may point."""
+    """Limits on one image: its encoded bytes, its pixels and its aspect ratio (both checked before decoding), where
+    paths may point.
+
+    The aspect ratio bounds what the processor makes of the image, not only what it reads: processors that scale
+    the shorter side to a fixed edge (CLIP's 336 px for LLaVA) turn a 1x100,000 image of 390 bytes into a
+    336x33,600,000 one. At 50:1 that is at most 50 edge^2 pixels (5.6M at 336); processors that bound the longer
+    side or the pixel count (Idefics3, Qwen2-VL, fixed-size ones) stay within their own bound.
+    """
 
     max_bytes: int = 8 * 1024 * 1024
     max_pixels: int = 4096 * 4096
     allowed_dirs: tuple[Path, ...] = ()
+    max_aspect: float = 50.0  # longer side / shorter side
 
 
 def fetch_image(url: str, policy: ImagePolicy) -> Image.Image:
@@ -33,7 +41,7 @@ def fetch_image(url: str, policy: ImagePolicy) -> Image.Image:
         raise RequestError("remote image URLs are not fetched; send the image as a data URL (base64)")
     else:
         raw = _local_bytes(url, policy)
-    return _decode(raw, policy.max_pixels)
+    return _decode(raw, policy)
 
 
 def _data_url_bytes(url: str, max_bytes: int) -> bytes:
@@ -49,6 +57,18 @@ def _data_url_bytes(url: str, max_bytes: int) -> bytes:
     if len(raw) > max_bytes:
         raise RequestError(f"image is larger than the limit of {max_bytes} bytes", "too_large")
     return raw
+
+
+def _check_size(width: int, height: int, policy: ImagePolicy) -> None:
+    if width * height > policy.max_pixels:
+        raise RequestError(
+            f"image has {width}x{height} pixels, over the limit of {policy.max_pixels} pixels", "too_large"
+        )
+    if max(width, height) > policy.max_aspect * min(width, height):
+        raise RequestError(
+            f"image is {width}x{height}: its sides differ by more than the limit of {policy.max_aspect:g}:1; "
+            "crop or pad it closer to a square"
+        )
 
 
 def _local_bytes(url: str, policy: ImagePolicy) -> bytes:
@@ -68,7 +88,7 @@ def _local_bytes(url: str, policy: ImagePolicy) -> bytes:
     return resolved.read_bytes()
 
 
-def _decode(raw: bytes, max_pixels: int) -> Image.Image:
+def _decode(raw: bytes, policy: ImagePolicy) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -76,14 +96,11 @@ def _decode(raw: bytes, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         # Pillow's own limit (89M pixels warns, twice that raises) fires inside `open`, before ours can
         raise RequestError(
-            f"image is over the limit of {max_pixels} pixels (Pillow: {err})", "too_large"
+            f"image is over the limit of {policy.max_pixels} pixels (Pillow: {err})", "too_large"
         ) from None
     except Exception:
         raise RequestError("image bytes are not a readable image; send PNG, JPEG or WebP") from None
-    if img.width * img.height > max_pixels:
-        raise RequestError(
-            f"image has {img.width}x{img.height} pixels, over the limit of {max_pixels} pixels", "too_large"
-        )
+    _check_size(img.width, img.height, policy)
     try:
         img.load()
     except Exception as err:

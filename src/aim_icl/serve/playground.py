@@ -24,6 +24,7 @@ from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 
 from aim_icl.serve.images import fetch_image
+from aim_icl.serve.schemas import Body
 
 router = APIRouter()
 
@@ -32,7 +33,7 @@ MAX_EPISODE_SHOTS = 32
 MAX_TOP = 10
 
 
-class EpisodeRequest(BaseModel):
+class EpisodeRequest(Body):
     task: WorldTask = "fast_binding"
     seed: int = Field(0, ge=0, le=2**31 - 1)
     shots: int = Field(4, ge=1, le=MAX_EPISODE_SHOTS)
@@ -56,7 +57,7 @@ class Episode(BaseModel):
     max_tokens: int  # enough for the longest answer
 
 
-class InspectRequest(BaseModel):
+class InspectRequest(Body):
     """One demo: its image (data URL or an allowed path; None for text only) and its text, given as `text` or as a
     chat example (`user` and `assistant`, joined by the server's demo template as a chat demo is)."""
 

@@ -2,38 +2,66 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Mode = Literal["aim", "icl", "text", "zero"]
 Strategy = Literal["fixed", "random", "similarity", "text_similarity"]
 MAX_STOPS = 4  # as OpenAI's API
+MAX_STOP_CHARS = 256  # each stop string is looked for after every token
+TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # a safe path segment: never '.', '..', '/' or a leading '-'
 
 
-class ImageURL(BaseModel):
+class Body(BaseModel):
+    """A request body (or part of one): its text fields hold Unicode text, never a lone surrogate ("\\udfff",
+    which JSON can spell but UTF-8 cannot encode, so no tokenizer, hash or log line could take it)."""
+
+    @field_validator("*")
+    @classmethod
+    def _encodable(cls, value: Any) -> Any:
+        if _has_surrogate(value):
+            raise ValueError(
+                "text holds a lone surrogate (\\ud800-\\udfff), not Unicode text; send valid UTF-8"
+            )
+        return value
+
+
+def _has_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, list | tuple):
+        return any(_has_surrogate(v) for v in value)
+    return False
+
+
+class ImageURL(Body):
     url: str
     detail: str | None = None
 
 
-class ContentPart(BaseModel):
+class ContentPart(Body):
     type: Literal["text", "image_url"]
     text: str | None = None
     image_url: ImageURL | None = None
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(Body):
     model_config = ConfigDict(extra="ignore")  # clients send name, tool fields and the like
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(Body):
     include_usage: bool = False
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(Body):
     """OpenAI's chat-completions request; fields AIM does not use (logprobs, tools, ...) are accepted and ignored.
 
     Sampling fields mean what they mean in OpenAI's API. Without `temperature` the model's generation config
@@ -62,8 +90,8 @@ class ChatRequest(BaseModel):
     @classmethod
     def _stops(cls, stop: str | list[str] | None) -> list[str]:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if len(stops) > MAX_STOPS or any(not s for s in stops):
-            raise ValueError(f"give at most {MAX_STOPS} non-empty stop strings")
+        if len(stops) > MAX_STOPS or any(not 0 < len(s) <= MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"give at most {MAX_STOPS} stop strings of 1 to {MAX_STOP_CHARS} characters")
         return stops
 
 
@@ -111,15 +139,15 @@ class ChatCompletion(BaseModel):
     aim: AIMInfo
 
 
-class TaskDemo(BaseModel):
+class TaskDemo(Body):
     image: str | None = None  # data URL or allowed local path; None for a text-only demo
     text: str = Field(min_length=1)
 
 
-class TaskRequest(BaseModel):
+class TaskRequest(Body):
     """A named task: fixed demos (uploaded and/or bank keys), or `k` demos picked per query from the bank."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: str = Field(pattern=TASK_NAME)
     demos: list[TaskDemo] = []
     demo_keys: list[str] = []
     strategy: Strategy = "fixed"
@@ -138,7 +166,7 @@ class TaskInfo(BaseModel):
     prefix_cache: bool
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(Body):
     image: str | None = None
     question: str
     max_tokens: int | None = Field(None, ge=1)
