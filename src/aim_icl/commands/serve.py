@@ -17,6 +17,7 @@ from aim_icl.commands._model import (
     fresh_projector,
     load_aim,
     port_number,
+    positive_float,
     positive_int,
     torch_device,
 )
@@ -52,11 +53,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rows generated at once: waiting requests share one batch (a request asking n choices is n rows)",
     )
     parser.add_argument("--max-n", type=int, default=8, help="choices one chat request may ask for (n)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request, queueing included")
-    parser.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024)
-    parser.add_argument("--max-image-bytes", type=int, default=8 * 1024 * 1024)
-    parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
+    parser.add_argument(
+        "--timeout", type=positive_float, default=60.0, help="seconds per request, queueing included"
+    )
+    parser.add_argument("--max-body-bytes", type=positive_int, default=32 * 1024 * 1024)
+    parser.add_argument(
+        "--max-header-bytes",
+        type=positive_int,
+        default=16 * 1024,
+        help="request line and headers; more get 431",
+    )
+    parser.add_argument(
+        "--read-timeout",
+        type=positive_float,
+        default=30.0,
+        help="seconds to receive a request's headers, and again its body; slower clients get 408",
+    )
+    parser.add_argument("--max-image-bytes", type=positive_int, default=8 * 1024 * 1024)
+    parser.add_argument("--max-image-pixels", type=positive_int, default=4096 * 4096)
+    parser.add_argument(
+        "--max-image-aspect",
+        type=positive_float,
+        default=50.0,
+        help="longer side over shorter side of an image",
+    )
     parser.add_argument("--max-demos", type=int, default=32, help="demonstrations per request or task")
+    parser.add_argument("--max-tasks", type=positive_int, default=100, help="tasks registered at once")
+    parser.add_argument(
+        "--max-bank-demos",
+        type=positive_int,
+        default=10_000,
+        help="demos the bank may hold before requests stop adding to it",
+    )
     parser.add_argument(
         "--max-new-tokens", type=positive_int, default=64, help="when a request names no max_tokens"
     )
@@ -76,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     from aim_icl.core.pipeline import default_workers
     from aim_icl.serve.app import create_app
+    from aim_icl.serve.http import protocol
     from aim_icl.serve.service import ModelService
 
     aim = load_aim(args.model, args.projector, device=args.device)
@@ -83,7 +112,15 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("no --projector: fused tokens come from an untrained projector; pass a trained one")
     workers = default_workers(aim.backbone.device) if args.workers is None else args.workers
     app = create_app(ModelService(aim, args.bank, model_name=args.name, workers=workers), config)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    http = protocol(config.read_timeout_s, args.max_header_bytes)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        http=http,
+        h11_max_incomplete_event_size=args.max_header_bytes,
+    )
     return 0
 
 
@@ -91,6 +128,7 @@ def server_config(args: argparse.Namespace):
     from aim_icl.serve.app import ServerConfig
     from aim_icl.serve.chat import DEFAULT_DEMO_TEMPLATE
     from aim_icl.serve.images import ImagePolicy
+    from aim_icl.serve.templates import check_template
 
     if min(args.queue_size, args.max_batch_size, args.max_n) < 1:
         raise AIMError("--queue-size, --max-batch-size and --max-n must be at least 1")
@@ -100,11 +138,9 @@ def server_config(args: argparse.Namespace):
     if missing:
         raise AIMError(f"--allow-dir {missing[0]} is not a directory")
     template = args.demo_template or DEFAULT_DEMO_TEMPLATE
-    try:
-        template.format(user="", assistant="")
-    except (KeyError, IndexError, ValueError):
-        raise AIMError("--demo-template may only use {user} and {assistant}") from None
-    images = ImagePolicy(args.max_image_bytes, args.max_image_pixels, tuple(Path(d) for d in args.allow_dir))
+    check_template(template, ("user", "assistant"), what="--demo-template")
+    allowed = tuple(Path(d) for d in args.allow_dir)
+    images = ImagePolicy(args.max_image_bytes, args.max_image_pixels, allowed, args.max_image_aspect)
     return ServerConfig(
         api_key=args.api_key,
         queue_size=args.queue_size,
@@ -112,8 +148,11 @@ def server_config(args: argparse.Namespace):
         max_n=args.max_n,
         timeout_s=args.timeout,
         max_body_bytes=args.max_body_bytes,
+        read_timeout_s=args.read_timeout,
         max_demos=args.max_demos,
         max_new_tokens=args.max_new_tokens,
+        max_tasks=args.max_tasks,
+        max_bank_demos=args.max_bank_demos,
         demo_template=template,
         images=images,
     )

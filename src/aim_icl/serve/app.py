@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -15,11 +16,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from aim_icl.errors import AIMError
 from aim_icl.serve.chat import DEFAULT_DEMO_TEMPLATE
-from aim_icl.serve.errors import RequestError
+from aim_icl.serve.errors import STATUS, RequestError, error_body
 from aim_icl.serve.images import ImagePolicy
 from aim_icl.serve.playground import router as playground_router
 from aim_icl.serve.routes import router
@@ -28,7 +31,7 @@ from aim_icl.serve.worker import ModelWorker, QueueFull
 
 logger = logging.getLogger(__name__)
 
-STATUS = {"invalid": 400, "too_large": 413, "forbidden": 403, "not_found": 404, "conflict": 409}
+CLIENT_GONE = 499  # the status counted for a request whose client left before its answer (as nginx)
 OPEN_PATHS = ("/health", "/")  # answered without the API key (readiness probes; the playground page, no data)
 
 
@@ -40,9 +43,12 @@ class ServerConfig:
     max_n: int = 8  # choices one request may ask for
     timeout_s: float = 60.0  # per request, waiting in the queue included
     max_body_bytes: int = 32 * 1024 * 1024
+    read_timeout_s: float = 30.0  # to receive a request's body (its headers: the HTTP protocol, `serve.http`)
     max_demos: int = 32
     max_new_tokens: int = 64  # when the request names no max_tokens
     max_new_tokens_cap: int = 1024
+    max_tasks: int = 100  # tasks registered at once; more get 429
+    max_bank_demos: int = 10_000  # demos the bank may hold before requests stop adding to it
     demo_template: str = DEFAULT_DEMO_TEMPLATE
     images: ImagePolicy = field(default_factory=ImagePolicy)
 
@@ -50,6 +56,7 @@ class ServerConfig:
 def create_app(service: ModelService, config: ServerConfig) -> FastAPI:
     worker = ModelWorker(config.queue_size, config.max_batch_size, on_batch=service.metrics.observe_batch)
     service.metrics.watch_queue(lambda: worker.waiting)
+    service.max_tasks, service.max_bank_demos = config.max_tasks, config.max_bank_demos
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -64,18 +71,25 @@ def create_app(service: ModelService, config: ServerConfig) -> FastAPI:
     app.include_router(router)
     app.include_router(playground_router)  # GET /: the playground page
     _add_error_handlers(app, config)
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout_s=config.read_timeout_s)
     if config.api_key:
         app.middleware("http")(_auth(config.api_key))
     app.middleware("http")(_observe(service))  # outermost: counts refusals too
     return app
 
 
-def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    """OpenAI's error shape, which its clients raise with the message."""
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    body = {"error": {"message": message, "type": kind, "code": status}}
-    return JSONResponse(body, status_code=status, headers=headers)
+class ErrorJSON(JSONResponse):
+    """JSON escaped to ASCII: a message quoting what a client sent (a lone surrogate included) always encodes."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode()
+
+
+def error_response(
+    status: int, message: str, headers: dict | None = None, param: str | None = None
+) -> JSONResponse:
+    """OpenAI's error shape (`errors.error_body`), which its clients raise with the message."""
+    return ErrorJSON(error_body(status, message, param), status_code=status, headers=headers)
 
 
 def _runner(worker: ModelWorker, timeout_s: float) -> Callable:
@@ -106,7 +120,12 @@ def _generator(worker: ModelWorker, service: ModelService) -> Callable:
 def _add_error_handlers(app: FastAPI, config: ServerConfig) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        return error_response(400, _validation_message(exc))
+        message, param = _validation_message(exc)
+        return error_response(400, message, param=param)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):  # no route, wrong method, unreadable body
+        return error_response(exc.status_code, _http_message(request, exc), exc.headers)
 
     @app.exception_handler(RequestError)
     async def bad_request(request: Request, exc: RequestError):
@@ -126,13 +145,28 @@ def _add_error_handlers(app: FastAPI, config: ServerConfig) -> None:
         return error_response(504, f"the request took longer than {config.timeout_s:g} s")
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    first = exc.errors()[0]
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """The deepest problem as one line (in a union, the branch that got furthest), and the body field it is in
+    (OpenAI's `param`)."""
+    first = max(exc.errors(), key=lambda e: len(e.get("loc", ())))
     if first.get("type") == "json_invalid":
-        return f"request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
+        return f"request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", None
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    problem = first.get("msg", "").removeprefix("Value error, ")
     more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
-    return f"{where or 'body'}: {first.get('msg')}{more}"
+    return f"{where or 'body'}: {problem}{more}", where or None
+
+
+def _http_message(request: Request, exc: HTTPException) -> str:
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        return f"{where}: no such route; the API is under /v1 (GET /v1/models, POST /v1/chat/completions)"
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "another method")
+        return f"{where}: method not allowed here; use {allowed}"
+    if exc.status_code == 400:
+        return f"{where}: the request body cannot be read ({exc.detail}); send UTF-8 JSON"
+    return f"{where}: {exc.detail}"
 
 
 def _auth(api_key: str) -> Callable:
@@ -156,6 +190,8 @@ def _observe(service: ModelService) -> Callable:
         start = time.perf_counter()
         try:
             response = await call_next(request)
+        except ClientDisconnect:  # it left while sending its body: nobody to answer, nothing went wrong here
+            response = Response(status_code=CLIENT_GONE)
         except Exception:
             logger.exception("unhandled error on %s", request.url.path)
             response = error_response(500, "internal error; see the server log")
@@ -167,10 +203,11 @@ def _observe(service: ModelService) -> Callable:
 
 
 class BodyLimit:
-    """Refuse request bodies over `max_bytes` with 413, declared (Content-Length) or streamed (chunked)."""
+    """Refuse request bodies over `max_bytes` with 413, declared (Content-Length) or streamed (chunked), and bodies
+    not received within `timeout_s` with 408 (a slow client holds no connection for long)."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout_s: float):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -178,11 +215,15 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.max_bytes:
             return await self._refuse(scope, receive, send)
-        body, more = bytearray(), True
+        body, more, deadline = bytearray(), True, time.monotonic() + self.timeout_s
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+            except TimeoutError:
+                message = f"request body not received within {self.timeout_s:g} s; send it at once"
+                return await error_response(408, message, {"Connection": "close"})(scope, receive, send)
             if message["type"] == "http.disconnect":
-                return None
+                raise ClientDisconnect()
             body += message.get("body", b"")
             if len(body) > self.max_bytes:
                 return await self._refuse(scope, receive, send)

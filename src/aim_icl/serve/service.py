@@ -145,6 +145,8 @@ class ModelService:
         self._bank: DemoBank | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._eos_ids = eos_ids(aim)
+        self.max_tasks: int | None = None  # tasks registered at once (the server's config sets the limits)
+        self.max_bank_demos: int | None = None  # past this, requests' demos are fused without being stored
 
     @property
     def bank(self) -> DemoBank:
@@ -226,6 +228,7 @@ class ModelService:
             return None
         try:
             prompt = self._prompt(job.request)
+            self._room(prompt)
         except Exception as err:  # a bad request fails alone, before the batch runs
             job.future.set_exception(err)
             return None
@@ -252,9 +255,24 @@ class ModelService:
             generate_batch(self.aim, inputs, **kwargs)
         tracker.close()
 
+    def _room(self, prompt: Prompt) -> int | None:
+        """New tokens that fit in the model's context after the prompt (None: the context is unknown)."""
+        context = self.aim.backbone.max_length
+        if context is None:
+            return None
+        if prompt.tokens >= context:
+            raise RequestError(
+                f"the prompt's {prompt.tokens} tokens fill the model's context of {context}; "
+                "leaves no room for an answer: use fewer or shorter demos"
+            )
+        return context - prompt.tokens
+
     def _choices(self, job: GenerationJob, prompt: Prompt) -> list[Choice]:
-        """The job's n choices; the job is answered when the last one ends."""
+        """The job's n choices, each capped at what fits in the context (then it ends with finish_reason
+        'length'); the job is answered when the last one ends."""
         generation, open_choices = job.generation, [job.generation.n]
+        room = self._room(prompt)
+        max_tokens = generation.max_tokens if room is None else min(generation.max_tokens, room)
         choices = []
 
         def ended(index: int, choice: Choice) -> None:
@@ -268,7 +286,7 @@ class ModelService:
             on_text = None if job.sink is None else functools.partial(job.sink.text, index)
             choices.append(
                 Choice(
-                    generation.max_tokens,
+                    max_tokens,
                     generation.stop,
                     on_text,
                     functools.partial(ended, index),
@@ -306,16 +324,23 @@ class ModelService:
         if not mode_of(request.mode).fused or not demos:
             inputs = self.aim.finish(request.encoded)
             return Prompt(inputs, request.mode, [], len(request.query.demos), 0)
-        states, hits = self._bank_states(demos)
-        inputs = self.aim.finish(request.encoded, [self.aim.fuse(states)])
-        return Prompt(inputs, "aim", [d.key for d in states], len(demos), hits, len(demos) - hits)
-
-    def _bank_states(self, demos: list[Demo]) -> tuple[list, int]:
-        """Stored states of the demos, reading only those the bank lacks; also how many were already stored."""
         keys = [self.bank.key(d) for d in demos]
+        states, hits = self._bank_states(demos, keys)
+        inputs = self.aim.finish(request.encoded, [self.aim.fuse(states)])
+        return Prompt(inputs, "aim", keys, len(demos), hits, len(demos) - hits)
+
+    def _bank_states(self, demos: list[Demo], keys: list[str]) -> tuple[list, int]:
+        """Stored states of the demos, reading only those the bank lacks; also how many were already stored. When
+        the new ones would take the bank past `max_bank_demos` they stay unstored: fused as fresh demos."""
         stored = self.bank.store.existing(keys)
-        self.bank.write(demos, keys)
-        return [self.bank.get(k) for k in keys], sum(k in stored for k in keys)
+        hits = sum(k in stored for k in keys)
+        if self._bank_room(len(set(keys) - stored)):
+            self.bank.write(demos, keys)
+            stored = set(keys)
+        return [self.bank.get(k) if k in stored else d for k, d in zip(keys, demos)], hits
+
+    def _bank_room(self, new: int) -> bool:
+        return self.max_bank_demos is None or len(self.bank) + new <= self.max_bank_demos
 
     def _selected_prompt(self, request: PromptRequest) -> Prompt:
         """A query whose demos the bank picks for it (by its image or text), built here."""
@@ -330,7 +355,20 @@ class ModelService:
         request = spec.request
         if request.name in self.tasks:
             raise RequestError(f"task {request.name!r} already exists; pick another name", "conflict")
+        if self.max_tasks is not None and len(self.tasks.names()) >= self.max_tasks:
+            raise RequestError(
+                f"this server holds its limit of {self.max_tasks} tasks; use one of them", "full"
+            )
         rules = mode_of(request.mode)
+        if rules.demo_images:  # kept as they are, not read into the bank: their texts are checked here
+            for demo in spec.uploaded:
+                self.aim.encoder.text_ids(demo.text)
+        elif not self._bank_room(len(spec.uploaded)):
+            raise RequestError(
+                f"the bank holds {len(self.bank)} demos, and at most {self.max_bank_demos}: "
+                "name demos it holds (demo_keys) instead of uploading new ones",
+                "full",
+            )
         keys = [] if rules.demo_images else self.bank.add(spec.uploaded, progress=False)
         missing = [k for k in request.demo_keys if k not in self.bank]
         if missing:

@@ -10,6 +10,7 @@ from aim_icl.core.modes import mode_of
 from aim_icl.serve.errors import RequestError
 from aim_icl.serve.images import ImagePolicy, fetch_image
 from aim_icl.serve.schemas import TaskRequest
+from aim_icl.serve.templates import check_template
 
 
 @dataclass
@@ -36,12 +37,7 @@ class TaskSpec:
 
 def prepare_task(request: TaskRequest, policy: ImagePolicy, max_demos: int) -> TaskSpec:
     """Check a task request and decode its uploaded images (no model, no bank)."""
-    try:
-        request.template.format(question="")
-    except (KeyError, IndexError, ValueError):
-        raise RequestError("template may only use the field {question}, e.g. 'Q: {question} A:'") from None
-    if "{question}" not in request.template:
-        raise RequestError("template must hold {question}, where the query's question goes")
+    check_template(request.template, ("question",), required=("question",))
     count = len(request.demos) + len(request.demo_keys)
     rules = mode_of(request.mode)
     if request.strategy == "fixed" and not rules.demos and count:
