@@ -113,14 +113,7 @@ def run(args: argparse.Namespace) -> int:
     workers = default_workers(aim.backbone.device) if args.workers is None else args.workers
     app = create_app(ModelService(aim, args.bank, model_name=args.name, workers=workers), config)
     http = protocol(config.read_timeout_s, args.max_header_bytes)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        http=http,
-        h11_max_incomplete_event_size=args.max_header_bytes,
-    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http=http)
     return 0
 
 

@@ -3,8 +3,9 @@ headers and its refusals in the server's error shape.
 
 uvicorn arms no timer while a request's headers arrive: a client sending one header byte a minute (slowloris)
 holds its connection for ever. Here a request's head must be complete within `header_timeout_s` of the connection
-opening or the previous answer, or the client gets 408 and the connection closes. Headers over uvicorn's
-`h11_max_incomplete_event_size` get 431 (uvicorn answers any unparsable head with a plain-text 400).
+opening or the previous answer, or the client gets 408 and the connection closes (silently when it sent nothing).
+A head over `max_header_bytes` gets 431 before h11 parses it (h11's own limit only counts a head still incomplete,
+so one sent in a single packet passed), and an unparsable one a JSON 400 (uvicorn's is plain text).
 """
 
 from __future__ import annotations
@@ -38,17 +39,23 @@ class LimitedH11Protocol(H11Protocol):
         super().on_response_complete()
         self._arm()  # the next request's head, on a kept-alive connection
 
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:  # still reading a head: measure it before h11 takes it
+            buffered = self.conn.trailing_data[0] + data
+            end = buffered.find(b"\r\n\r\n")
+            if (len(buffered) if end < 0 else end) > self.max_header_bytes:
+                return self._refuse(
+                    431, f"request headers are over the limit of {self.max_header_bytes} bytes"
+                )
+        super().data_received(data)
+
     def handle_events(self) -> None:
         super().handle_events()
         if self.conn.their_state is not h11.IDLE:  # a whole head arrived (or the connection failed)
             self._disarm()
 
     def send_400_response(self, msg: str) -> None:
-        buffered = len(self.conn.trailing_data[0])
-        if buffered > self.max_header_bytes:
-            self._refuse(431, f"request headers are over the limit of {self.max_header_bytes} bytes")
-        else:
-            self._refuse(400, "the request is not valid HTTP/1.1")
+        self._refuse(400, "the request is not valid HTTP/1.1")
 
     def _arm(self) -> None:
         self._disarm()
@@ -62,8 +69,12 @@ class LimitedH11Protocol(H11Protocol):
 
     def _head_timeout(self) -> None:
         self._head_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+            return
+        if self.conn.trailing_data[0]:
             self._refuse(408, f"request headers not received within {self.header_timeout_s:g} s")
+        else:  # an idle connection: closed as uvicorn closes kept-alive ones
+            self.transport.close()
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer with the error shape outside h11 (its state may be broken) and close the connection."""
@@ -77,7 +88,7 @@ class LimitedH11Protocol(H11Protocol):
 
 
 def protocol(header_timeout_s: float, max_header_bytes: int):
-    """The protocol factory to pass as uvicorn's `http` (with `h11_max_incomplete_event_size=max_header_bytes`)."""
+    """The protocol factory to pass as uvicorn's `http`."""
     return functools.partial(
         LimitedH11Protocol, header_timeout_s=header_timeout_s, max_header_bytes=max_header_bytes
     )
