@@ -78,6 +78,22 @@ def test_loading_onto_another_backbone_is_refused(tmp_path, llava):
         AIM(model, processor, projector=tmp_path / "proj")
 
 
+def test_a_local_model_path_binds_nothing_a_hub_id_does(tmp_path, monkeypatch):
+    """Trained from `build/model`, loaded from its absolute path (or another machine): the same backbone."""
+    model, processor = build_tiny("llava")
+    (tmp_path / "build" / "model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    model.config._name_or_path = "build/model"
+    AIM(model, processor).save_projector(tmp_path / "proj")
+    model.config._name_or_path = str(tmp_path / "build" / "model")
+    AIM(model, processor, projector=tmp_path / "proj")  # loads
+    model.config._name_or_path = "org/base"
+    AIM(model, processor).save_projector(tmp_path / "hub")
+    model.config._name_or_path = "org/other"
+    with pytest.raises(AIMError, match="name_or_path 'org/base' != 'org/other'"):
+        AIM(model, processor, projector=tmp_path / "hub")
+
+
 def test_missing_projector_directory_is_a_clear_error(tmp_path):
     model, processor = build_tiny("llava")
     with pytest.raises(AIMError, match="no projector_config.json"):

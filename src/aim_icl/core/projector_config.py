@@ -30,14 +30,23 @@ class BackboneSignature:
         for key in ("model_type", "hidden_size", "embed_size"):
             if getattr(self, key) != getattr(other, key):
                 return f"{key} {getattr(self, key)!r} != {getattr(other, key)!r}"
-        if self.name_or_path and other.name_or_path and self.name_or_path != other.name_or_path:
-            return f"name_or_path {self.name_or_path!r} != {other.name_or_path!r}"
+        mine, theirs = hub_model_id(self.name_or_path), hub_model_id(other.name_or_path)
+        if mine and theirs and mine != theirs:
+            return f"name_or_path {mine!r} != {theirs!r}"
         return None
 
     def describe(self) -> str:
         """One phrase naming the backbone, e.g. `llava 'llava-hf/llava-1.5-7b-hf' (hidden 4096, embed 4096)`."""
         name = f" {self.name_or_path!r}" if self.name_or_path else ""
         return f"{self.model_type}{name} (hidden {self.hidden_size}, embed {self.embed_size})"
+
+
+def hub_model_id(name: str | None) -> str | None:
+    """`name` when it names a Hub repo (`org/name`, no local path), else None. A local path binds nothing: the
+    same model is trained from `build/model` and loaded from `/abs/build/model` or another machine."""
+    from aim_icl.hub.resolve import is_repo_id
+
+    return name if name and not Path(name).exists() and is_repo_id(name) else None
 
 
 @dataclass

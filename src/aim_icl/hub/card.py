@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aim_icl.core.projector_config import WEIGHTS_NAME, ProjectorConfig, load_projector_config
+from aim_icl.core.projector_config import WEIGHTS_NAME, ProjectorConfig, hub_model_id, load_projector_config
 from aim_icl.errors import AIMError
-from aim_icl.hub.resolve import is_repo_id
 
 CARD_NAME = "README.md"
 TAGS = ["aim-icl", "aim-projector", "multimodal", "in-context-learning", "image-text-to-text"]
@@ -89,7 +88,9 @@ def render_card(
     from huggingface_hub import ModelCardData
 
     backbone = saved.config.backbone
-    base_model = base_model or _hub_id(backbone.name_or_path) or _hub_id((saved.training or {}).get("model"))
+    base_model = (
+        base_model or hub_model_id(backbone.name_or_path) or hub_model_id((saved.training or {}).get("model"))
+    )
     datasets = list(datasets) or _hub_datasets(saved.training)
     metadata = ModelCardData(
         library_name="aim-icl", base_model=base_model, tags=TAGS, datasets=datasets or None
@@ -249,10 +250,6 @@ def _lookup(record: dict, key: str) -> Any:
     for part in key.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
-
-
-def _hub_id(name: str | None) -> str | None:
-    return name if name and not Path(name).exists() and is_repo_id(name) else None
 
 
 def _hub_datasets(training: dict | None) -> list[str]:

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aim_icl.core.projector_config import CONFIG_NAME, WEIGHTS_NAME
+from aim_icl.core.projector_config import CONFIG_NAME, WEIGHTS_NAME, hub_model_id
 from aim_icl.errors import AIMError
 from aim_icl.hub.card import CARD_NAME, SavedProjector, read_saved, render_card
 from aim_icl.hub.resolve import is_repo_id, offline_mode
@@ -54,9 +54,7 @@ def hub_config(saved: SavedProjector, base_model: str | None = None) -> bytes:
     """The config as uploaded. A backbone recorded as a local path (a model trained from a directory) would make
     every user's Hub model a mismatch, so it becomes `base_model`, or empty (bound by type and widths only)."""
     config = asdict(saved.config)
-    name = config["backbone"]["name_or_path"]
-    if not name or Path(name).exists() or not is_repo_id(name):
-        config["backbone"]["name_or_path"] = base_model or ""
+    config["backbone"]["name_or_path"] = hub_model_id(config["backbone"]["name_or_path"]) or base_model or ""
     return (json.dumps(config, indent=2) + "\n").encode()
 
 
