@@ -78,6 +78,15 @@ def test_loading_onto_another_backbone_is_refused(tmp_path, llava):
         AIM(model, processor, projector=tmp_path / "proj")
 
 
+def test_a_saved_projector_reads_the_layer_it_was_trained_on(tmp_path):
+    model, processor = build_tiny("llava")
+    AIM(model, processor, layer=1).save_projector(tmp_path / "proj")
+    assert json.loads((tmp_path / "proj" / CONFIG_NAME).read_text())["layer"] == 1
+    assert AIM(model, processor, projector=tmp_path / "proj").layer == 1  # not the default last layer
+    with pytest.raises(AIMError, match="trained on layer 1's hidden states, not layer -1"):
+        AIM(model, processor, projector=tmp_path / "proj", layer=-1)
+
+
 def test_a_local_model_path_binds_nothing_a_hub_id_does(tmp_path, monkeypatch):
     """Trained from `build/model`, loaded from its absolute path (or another machine): the same backbone."""
     model, processor = build_tiny("llava")

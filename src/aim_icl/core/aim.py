@@ -41,7 +41,8 @@ class AIM:
 
     The model stays frozen; `projector` is the only trainable part. `template` says where demos and the query sit
     (default: the processor's chat template when it has one, else a plain `[demos] image text` prompt).
-    `layer` picks the hidden states the projector reads (-1: the last layer, after the final norm, as the paper).
+    `layer` picks the hidden states the projector reads (-1: the last layer, after the final norm, as the paper); a
+    saved projector records its layer, and `layer` left as None takes it.
     """
 
     def __init__(
@@ -50,7 +51,7 @@ class AIM:
         processor: Any,
         projector: nn.Module | str | Path | None = None,
         template: PromptTemplate | None = None,
-        layer: int = -1,
+        layer: int | None = None,
         projector_name: str = "residual",
         projector_options: dict | None = None,
     ):
@@ -58,16 +59,22 @@ class AIM:
         self.backbone: Backbone = resolve_backbone(model, processor)
         self.template = template or default_template(processor, self.backbone)
         self.encoder = PromptEncoder(processor, self.backbone.layout, self.template)
-        self.layer = layer
+        read = -1 if layer is None else layer
         self.projector_config = ProjectorConfig(
-            projector_name, self.backbone.signature, projector_options or {}
+            projector_name, self.backbone.signature, projector_options or {}, layer=read
         )
         if projector is None:
             projector = build_projector(self.projector_config)
         elif isinstance(projector, (str, Path)):
             projector, self.projector_config = load_projector(projector, self.backbone.signature)
+            if layer is not None and layer != self.projector_config.layer:
+                raise AIMError(
+                    f"the projector in {projector} was trained on layer {self.projector_config.layer}'s hidden "
+                    f"states, not layer {layer}; leave layer unset to read the layer it was trained on"
+                )
         else:  # a module of the caller's: its own kind and options, whatever `projector_name` says
-            self.projector_config = projector_config(projector, self.backbone.signature)
+            self.projector_config = projector_config(projector, self.backbone.signature, read)
+        self.layer = self.projector_config.layer
         self.projector: nn.Module = projector.to(self.backbone.device)
         self._pool: PreparePool | None = None
 

@@ -102,14 +102,14 @@ def ridge_fit(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Ten
     return weight.float(), bias.float()
 
 
-def projector_config(projector: nn.Module, backbone: BackboneSignature) -> ProjectorConfig:
+def projector_config(projector: nn.Module, backbone: BackboneSignature, layer: int = -1) -> ProjectorConfig:
     """The config a projector module saves with: the name its class is registered under and its own options
     (`options()`, where the class has one). An unregistered class keeps its class name: saving it is refused."""
     name = next(
         (n for n in PROJECTORS.names() if PROJECTORS.get(n) is type(projector)), type(projector).__name__
     )
     options = projector.options() if hasattr(projector, "options") else {}
-    return ProjectorConfig(name, backbone, options)
+    return ProjectorConfig(name, backbone, options, layer=layer)
 
 
 def build_projector(config: ProjectorConfig) -> nn.Module:

@@ -55,6 +55,7 @@ class ProjectorConfig:
     backbone: BackboneSignature
     options: dict = field(default_factory=dict)  # constructor keyword arguments
     version: int = FORMAT_VERSION
+    layer: int = -1  # the backbone layer whose hidden states it reads (configs before this field: the last)
 
 
 def load_projector_config(directory: str | Path) -> ProjectorConfig:
@@ -68,8 +69,9 @@ def load_projector_config(directory: str | Path) -> ProjectorConfig:
             backbone=BackboneSignature(**raw["backbone"]),
             options=raw.get("options", {}),
             version=raw.get("version", FORMAT_VERSION),
+            layer=int(raw.get("layer", -1)),
         )
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise AIMError(f"{path} is not a valid projector config ({err}); re-save the projector") from None
 
 

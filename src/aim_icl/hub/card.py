@@ -27,7 +27,6 @@ RESULT_FIELDS = ("task", "mode", "shots", "metric", "value", "std", "trials")
 TRAINING_ROWS = (
     ("projector kind", "projector_name"),
     ("projector options", "projector_options"),
-    ("hidden states read from layer", "layer"),
     ("optimizer steps", "optim.max_steps"),
     ("batch size", "optim.batch_size"),
     ("gradient accumulation", "optim.grad_accum"),
@@ -35,6 +34,7 @@ TRAINING_ROWS = (
     ("warmup steps", "optim.warmup_steps"),
     ("final lr ratio", "optim.min_lr_ratio"),
     ("weight decay", "optim.weight_decay"),
+    ("identity loss weight", "optim.identity_weight"),
     ("corpus format", "data.format"),
     ("demos per sample", "data.min_shots..data.max_shots"),
     ("target pair / demos", "data.targets/data.demos"),
@@ -180,6 +180,7 @@ def _projector(saved: SavedProjector) -> str:
         ("options", json.dumps(c.options, sort_keys=True) if c.options else "defaults"),
         ("parameters", f"{saved.parameters:,}"),
         ("weights file", f"{WEIGHTS_NAME}, {saved.size_bytes / 1e6:.2f} MB (safetensors)"),
+        ("hidden states read from layer", c.layer),
         ("format version", c.version),
     ]
     return "## Projector\n\n" + _table(rows)

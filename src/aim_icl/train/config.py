@@ -58,6 +58,10 @@ class OptimConfig:
     warmup_steps: int = _opt(100, "linear warmup steps before the cosine decay")
     min_lr_ratio: float = _opt(0.0, "the cosine ends at lr * min_lr_ratio")
     max_grad_norm: float = _opt(1.0, "gradient clipping norm (0: off)")
+    identity_weight: float = _opt(
+        0.0,
+        "weight of a loss keeping each fused token decodable as its own text token (0: the LM loss alone)",
+    )
 
 
 @dataclass
@@ -69,7 +73,9 @@ class TrainConfig:
     projector_options: dict[str, Any] = _opt(
         dict, "options of a fresh projector, as a JSON object on the command line (e.g. '{\"mlp_ratio\": 4}')"
     )
-    layer: int = _opt(-1, "backbone layer whose hidden states the projector reads")
+    layer: int | None = _opt(
+        None, "backbone layer whose hidden states the projector reads (default: --projector's, else the last)"
+    )
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = _opt(0, "seed of data order, sampling and initialisation")
