@@ -49,6 +49,18 @@ def score_from_records(task: Task, directory, row: dict) -> float:
     return sum(sum(h) / len(h) for h in per_trial.values()) / len(per_trial)
 
 
+def first_answer(task: Task, directory, row: dict) -> dict:
+    """What a row's `example` must say: the first query's prediction in trial 0, and its right answers."""
+    records = [json.loads(line) for line in (directory / "predictions.jsonl").read_text().splitlines()]
+    first = task.test[0]
+    (record,) = [
+        r
+        for r in records
+        if (r["mode"], r["shots"], r["trial"], r["id"]) == (row["mode"], row["shots"], 0, first.id)
+    ]
+    return {"id": first.id, "prediction": record["prediction"], "answers": list(first.answers)}
+
+
 def values(rows):
     return {(r["mode"], r["shots"], r["metric"]): r["value"] for r in rows}
 
@@ -71,6 +83,7 @@ def test_every_mode_end_to_end(llava, monkeypatch, tmp_path):
         assert row["trials"] == (1 if row["mode"] == "zero" else 2) and row["queries"] == 3
         assert row["value"] == pytest.approx(score_from_records(task, tmp_path, row))
         assert row["latency_ms"] > 0 and row["peak_memory_mb"] > 0
+        assert row["example"] == first_answer(task, tmp_path, row)
     tokens = {r["mode"]: r["prompt_tokens"] for r in rows}
     assert tokens["icl"] > tokens["aim"] == tokens["text"] > tokens["zero"]
     # aim mode read each pool demo through the backbone once, however many queries and trials used it

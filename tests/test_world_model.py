@@ -135,6 +135,15 @@ def test_demo_runs_the_four_modes_through_the_harness(tmp_path, capsys):
     assert {r["metric"] for r in rows} >= {"likelihood_accuracy", "exact_match"}
     out = capsys.readouterr().out
     assert "likelihood_accuracy" in out and "ms/query" in out
+    # under each task's tables, one generated answer per mode on the same query, with the demos it was shown
+    example = next(r["example"] for r in binding if r["mode"] == "aim")
+    task = fast_binding(0, 3, 2)
+    demos = " ".join(f"`{task.demo(d).text}`" for d in task.test[0].support)
+    assert (
+        f"- **aim**: 2 demos as fused tokens: {demos}; query `<image> this is a` → `{example['prediction']}`"
+        in out
+    )
+    assert "- **zero**: query `<image> this is a`" in out and out.count("Examples (") == 3
     assert (tmp_path / "demo.png").is_file() and (tmp_path / "results.md").is_file()
 
 

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from aim_icl.eval.report import write_report
     from aim_icl.eval.runner import run_eval
     from aim_icl.world.checkpoint import load_shipped
-    from aim_icl.world.report import overview_plot, shots_tables, summary_table
+    from aim_icl.world.report import examples, overview_plot, shots_tables, summary_table
     from aim_icl.world.tasks import WORLD_TASKS
 
     if args.items < 1 or any(k < 0 for k in args.shots):
@@ -61,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     logging.getLogger("aim_icl").setLevel(logging.ERROR)
     aim = load_shipped(args.model, args.projector)
-    rows, chance = [], {}
+    rows, chance, tasks = [], {}, []
     for name in args.tasks:
         task = WORLD_TASKS[name](args.seed, args.items, max(args.shots))
+        tasks.append(task)
         chance[task.name] = sum(1 / len(task.candidates_for(item)) for item in task.test) / len(task.test)
         rows += run_eval(
             aim,
@@ -77,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
         )
     print(summary_table(rows))
-    tables = shots_tables(rows)
+    tables = "\n\n".join(
+        shots_tables([r for r in rows if r["task"] == task.name]) + "\n\n" + examples(rows, task)
+        for task in tasks
+    )
     print(f"\n{tables}")
     written = write_report(rows, args.out)
     (args.out / "tables.md").write_text(tables + "\n")

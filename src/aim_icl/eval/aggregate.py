@@ -12,7 +12,8 @@ value, std and costs are NaN), `failed`: queries that could not be answered (an 
 item id, left out of the scores), and where the time went, in seconds summed over the row's cells (`STAGES`):
 `prepare_s` (images and prompts on the CPU, in the pipeline's workers or inline), `wait_s` (the model's thread
 waiting for a prepared batch: large when preparation bounds the run), `read_s` (demo reading), `build_s` (fusing and
-writing the demos in), `generate_s`, `score_s`."""
+writing the demos in), `generate_s`, `score_s`; `example` (the first query's `id`, `prediction` and `answers` in the first trial; None
+where nothing was generated)."""
 
 from __future__ import annotations
 
@@ -84,9 +85,19 @@ def rows_from_records(
                     "seeds": [c.seed for c in group],
                     "fits": True,
                     "failed": max(len(failed[(c.mode, c.shots, c.trial)]) for c in group),
+                    "example": _example(records[0], items),
                 }
             )
     return rows
+
+
+def _example(records: list[dict], items: dict[str, Item]) -> dict | None:
+    """The first query's answer (first trial), so a reader of the results sees what was generated, not only scores."""
+    answered = {r["id"]: r for r in records if "prediction" in r}
+    first = next((answered[i] for i in items if i in answered), None)
+    if first is None:
+        return None
+    return {"id": first["id"], "prediction": first["prediction"], "answers": list(items[first["id"]].answers)}
 
 
 def _not_fitting(task: Task, mode: str, shots: int, records: list[dict], selection: str) -> list[dict]:
@@ -103,7 +114,7 @@ def _not_fitting(task: Task, mode: str, shots: int, records: list[dict], selecti
     }
     row.update(prompt_tokens=float(np.mean([r["prompt_tokens"] for r in records])), fits=False)
     row.update(peak_memory_mb=nan, memory=None, latency_ms=nan, demo_read_s=nan, throughput_qps=nan)
-    row.update(queries=len(records), selection=selection if shots else None, failed=0)
+    row.update(queries=len(records), selection=selection if shots else None, failed=0, example=None)
     row.update(dict.fromkeys(STAGES, nan))
     return [{**row, "metric": metric} for metric in task.metric_names()]
 

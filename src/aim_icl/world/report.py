@@ -6,6 +6,9 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from aim_icl.core.modes import MODE_TABLE
+from aim_icl.eval.task import Task
+
 COST = (
     ("prompt_tokens", "tokens", ",.0f"),
     ("peak_memory_mb", "peak MB", ",.0f"),
@@ -62,6 +65,35 @@ def shots_tables(rows: list[dict]) -> str:
                 lines.append(f"| {mode} | " + " | ".join(values) + " |")
             blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+EXAMPLE_SHOTS = 4  # the shot count whose example the demo prints (or the nearest the mode ran)
+
+
+def examples(rows: list[dict], task: Task, shots: int = EXAMPLE_SHOTS) -> str:
+    """Markdown: one example per mode, the same query in each (the task's first): its demos' texts, the prompt's
+    query, the generated answer and the right one, so a reader sees generation and not only scores."""
+    items = {item.id: item for item in task.test}
+    lines = [f"Examples ({task.name}: the first query, generated answers):", ""]
+    for mode in dict.fromkeys(r["mode"] for r in rows if r["task"] == task.name):
+        ran = [r for r in rows if (r["task"], r["mode"]) == (task.name, mode) and r.get("example")]
+        if not ran:
+            continue
+        row = min(ran, key=lambda r: (abs(r["shots"] - shots), r["shots"]))
+        example, item = row["example"], items[row["example"]["id"]]
+        demos = [f"`{task.demo(d).text}`" for d in item.support[: row["shots"]]]
+        shown = f"{row['shots']} demos {_how(mode)}: {' '.join(demos)}; " if demos else ""
+        right = example["answers"][0]
+        verdict = "right" if example["prediction"] in example["answers"] else f"wrong; right: `{right}`"
+        lines.append(
+            f"- **{mode}**: {shown}query `<image> {task.query_text(item)}` → `{example['prediction']}` ({verdict})"
+        )
+    return "\n".join(lines)
+
+
+def _how(mode: str) -> str:
+    spec = MODE_TABLE[mode]
+    return "with their images" if spec.demo_images else "as fused tokens" if spec.fused else "as text"
 
 
 def _shown(row: dict | None) -> str:
