@@ -25,7 +25,7 @@ from accelerate.utils import gather_object, set_seed
 
 from aim_icl.bank.cache import open_states_cache
 from aim_icl.core.aim import AIM
-from aim_icl.core.demo import Demo, Query
+from aim_icl.core.demo import Demo, DemoStates, Query
 from aim_icl.core.dtypes import torch_dtype
 from aim_icl.core.loading import load_model, load_processor
 from aim_icl.core.pipeline import default_workers
@@ -253,9 +253,12 @@ class Trainer:
             return sum(p.sum() for p in self.projector.parameters()) * 0.0
         samples = batch.kept
         states = self.states.states([d for s in samples for d in s.demos])  # no grad: frozen backbone
-        fused = iter(self.aim.fuse(states, projector=self.projector))  # one projector call for the batch
-        inputs = self.aim.finish(batch.encoded, [[next(fused) for _ in s.demos] for s in samples])
-        return self.aim.forward(inputs).loss
+        fused = self.aim.fuse(states, projector=self.projector)  # one projector call for the batch
+        vectors = iter(fused)
+        inputs = self.aim.finish(batch.encoded, [[next(vectors) for _ in s.demos] for s in samples])
+        loss = self.aim.forward(inputs).loss
+        weight = self.config.optim.identity_weight
+        return loss + weight * identity_loss(self.aim, fused, states) if weight else loss
 
     def _log(self, bar, loss: float, rate: float) -> None:
         lr = self.scheduler.get_last_lr()[0]
@@ -382,6 +385,19 @@ def _batches(stream: SampleStream, size: int):
         batch = [next(samples) for _ in range(size)]
         position = batch[-1][1]  # where the stream resumes after this batch
         yield [sample for sample, _ in batch], StreamState(position, stream.documents, dict(stream.skips))
+
+
+def identity_loss(aim: AIM, fused: list[torch.Tensor], states: list[DemoStates]) -> torch.Tensor:
+    """Cross-entropy of each fused token read back through the input embeddings against the demo's own token.
+
+    The LM loss alone lets the projector overwrite a slot the target does not need verbatim in training: on names
+    the LM has memorized, a name's second syllable follows from its first, so its slot was filled with the image
+    and held-out names were generated with the wrong ending. This keeps every slot's word while the image is added.
+    """
+    embedding = aim.model.get_input_embeddings().weight  # (vocab, embed), frozen
+    logits = torch.cat(fused).float() @ embedding.float().T
+    targets = torch.cat([s.token_ids for s in states]).to(logits.device)
+    return torch.nn.functional.cross_entropy(logits, targets)
 
 
 @dataclass
