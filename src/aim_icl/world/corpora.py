@@ -7,7 +7,8 @@
    the image; the target names the pictured object (or captions it in that style). Still one image per sample.
 4. `interleaved`: multi-image documents for training the AIM projector: reference documents (objects shown and
    named, then shown again; the last pair is always a new view of an object named earlier), pages whose every image
-   is captioned in the page's one style, and question pages. Training names only.
+   is captioned in the page's one style, and question pages. Projector names only: names the LM never read
+   (`names.py` says why).
 
 Evaluation asks for 1 to `MAX_SHOTS` demonstrations, so every context that stands for demonstrations (binding
 statements, caption examples, earlier pairs) has a length drawn log-uniformly up to `MAX_SHOTS`: as many short
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from aim_icl.world import formats
-from aim_icl.world.names import TRAIN_NAMES
+from aim_icl.world.names import PROJECTOR_NAMES, TRAIN_NAMES
 from aim_icl.world.scene import ATTRIBUTES, COLOURS, SHAPES, Scene, sample_scene
 from aim_icl.world.vocab import IMAGE, WORDS
 
@@ -226,7 +227,7 @@ def reference_pairs(rng: random.Random, length: int) -> list[tuple[Scene, str]]:
     """Objects shown and named ("this is a manek ."), in shuffled order with repeats; the last pair is a new view
     of one already shown, so its name is always among the pairs before it."""
     objects = distinct_objects(rng, min(rng.randint(*REFERENCE_OBJECTS), length - 1))
-    names = rng.sample(TRAIN_NAMES, len(objects))
+    names = rng.sample(PROJECTOR_NAMES, len(objects))
     order = list(range(len(objects))) + rng.choices(range(len(objects)), k=length - 1 - len(objects))
     rng.shuffle(order)
     order.append(rng.randrange(len(objects)))
