@@ -7,10 +7,12 @@ every mode; a corrupt image fails its query alone (and a rerun tries it again); 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from conftest import tiny_aim
 
+from aim_icl.core.demo import Demo
 from aim_icl.core.pipeline import PreparePool
 from aim_icl.eval.items import Item
 from aim_icl.eval.runner import run_eval
@@ -109,3 +111,18 @@ def test_the_queue_is_bounded_and_keeps_order():
         assert list(results) == [2 * i for i in range(3, 50)]
     finally:
         pool.close()
+
+
+def slow_token_count(encoder, text: str) -> int:
+    time.sleep(0.2)  # still queued when the model thread asks for another pool
+    return len(encoder.text_ids(text))
+
+
+def test_a_pool_for_another_worker_count_leaves_a_running_map_alone(llava):
+    """An evaluation's batches are prepared ahead by a worker while `fuse` reads fresh demos inline (workers 0):
+    that must not close the worker's pool (its queued batches were cancelled: CancelledError mid-run)."""
+    texts = [f"what colour is {i} ?" for i in range(6)]
+    results = llava.pipeline(1).map(slow_token_count, [(t,) for t in texts], prefetch=4)
+    first = next(results)
+    llava.aggregate([Demo(tiny_image(1), "a red one"), Demo(tiny_image(2), "a blue one")])  # reads inline
+    assert [first, *results] == [len(llava.encoder.text_ids(t)) for t in texts]

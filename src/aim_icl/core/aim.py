@@ -76,7 +76,7 @@ class AIM:
             self.projector_config = projector_config(projector, self.backbone.signature, read)
         self.layer = self.projector_config.layer
         self.projector: nn.Module = projector.to(self.backbone.device)
-        self._pool: PreparePool | None = None
+        self._pools: dict[int, PreparePool] = {}  # by worker count
 
     @classmethod
     def from_pretrained(
@@ -140,6 +140,8 @@ class AIM:
         of device memory is read in halves. `workers`: processes preparing the batches' images and prompts ahead
         of the model (`core.pipeline`; 0: in this thread, None: the machine's default).
         """
+        if not demos:
+            return []
         batches = [demos[i : i + batch_size] for i in range(0, len(demos), batch_size)]
         prepared = self.pipeline(workers).map(PromptEncoder.prepare_reading, [(b,) for b in batches])
         states: list[DemoStates] = []
@@ -175,11 +177,11 @@ class AIM:
         """The pool of worker processes that prepare this AIM's prompts on the CPU (`core.pipeline`), kept
         across calls; `workers=None` takes the machine's default, 0 prepares in the calling thread."""
         workers = default_workers(self.backbone.device) if workers is None else workers
-        if self._pool is None or self._pool.workers != workers:
-            if self._pool is not None:
-                self._pool.close()
-            self._pool = PreparePool(self.encoder, workers)
-        return self._pool
+        # one pool per worker count, none ever closed here: a pool asked for with another count (`fuse` reading
+        # demos inline while an evaluation's batches are prepared ahead) must not cancel the other's queued jobs
+        if workers not in self._pools:
+            self._pools[workers] = PreparePool(self.encoder, workers)
+        return self._pools[workers]
 
     def aggregate(
         self, demo: Demo | Sequence[Demo], batch_size: int = 8
