@@ -12,8 +12,8 @@ value, std and costs are NaN), `failed`: queries that could not be answered (an 
 item id, left out of the scores), and where the time went, in seconds summed over the row's cells (`STAGES`):
 `prepare_s` (images and prompts on the CPU, in the pipeline's workers or inline), `wait_s` (the model's thread
 waiting for a prepared batch: large when preparation bounds the run), `read_s` (demo reading), `build_s` (fusing and
-writing the demos in), `generate_s`, `score_s`; `example` (the first query's `id`, `prediction` and `answers` in the first trial; None
-where nothing was generated)."""
+writing the demos in), `generate_s`, `score_s`; `example`: the first query's `id`, `prediction` and `answers` in
+the first trial (None where nothing was generated)."""
 
 from __future__ import annotations
 

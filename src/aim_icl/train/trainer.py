@@ -390,9 +390,9 @@ def _batches(stream: SampleStream, size: int):
 def identity_loss(aim: AIM, fused: list[torch.Tensor], states: list[DemoStates]) -> torch.Tensor:
     """Cross-entropy of each fused token read back through the input embeddings against the demo's own token.
 
-    The LM loss alone lets the projector overwrite a slot the target does not need verbatim in training: on names
-    the LM has memorized, a name's second syllable follows from its first, so its slot was filled with the image
-    and held-out names were generated with the wrong ending. This keeps every slot's word while the image is added.
+    The LM loss alone lets the projector overwrite a slot whose word no training target needs verbatim; this keeps
+    every slot's word while the image is added (the world's projector at weight 0.3 against 0, same LM and data:
+    4-way generated names 0.80-0.90 against 0.67-0.83 from 4 to 32 shots).
     """
     embedding = aim.model.get_input_embeddings().weight  # (vocab, embed), frozen
     logits = torch.cat(fused).float() @ embedding.float().T
