@@ -153,7 +153,7 @@ def _usage(model: str, repo_id: str | None) -> str:
     model = model or "path/to/the/backbone"
     return (
         "## Usage\n\n```python\n"
-        "from aim_icl import AIM, Demo\n"
+        "from aim_icl import AIM, Demo\n\n"
         f'aim = AIM.from_pretrained("{model}", projector="{repo_id or "<org>/<name>"}")\n'
         'demos = [Demo(image=image, text=f"Question: what is it? Answer: {name}") for image, name in examples]\n'
         'answer = aim.generate(query_image, "Question: what is it? Answer:", demos=demos, mode="aim")\n'
