@@ -218,7 +218,8 @@ def test_hub_card_writes_yaml_metadata_training_settings_and_the_eval_table(trai
         assert shown in card
     assert "/local/more.jsonl" not in card and str(trained_dir) not in card  # local paths stay private
     usage = re.search(r"## Usage\n\n```python\n(.*?)```", card, flags=re.S).group(1)
-    assert len(usage.splitlines()) == 5
+    compile(usage, "usage", "exec")  # valid Python, five statements, laid out as ruff formats it
+    assert [bool(line) for line in usage.splitlines()] == [True, False, True, True, True, True]
     # the evaluation table: exactly the results file's rows, in order
     table = [line for line in card.splitlines() if line.startswith("| vqav2 |")]
     assert [line.split(" | ")[1:3] for line in table] == [[r["mode"], str(r["shots"])] for r in result_rows()]
