@@ -53,7 +53,7 @@ def browser(tmp_path_factory):
         if os.environ.get("CI", "").lower() not in ("", "0", "false"):
             pytest.fail(message)
         pytest.skip(message)
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver  # in the test extra: a missing one is an install error, not a skip
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
