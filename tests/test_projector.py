@@ -53,6 +53,21 @@ def test_fitted_copy_map_reproduces_unseen_demo_text_embeddings(family):
     assert residual < 0.65 and own >= 0.8
 
 
+def test_a_fresh_gated_projector_is_exactly_text_mode(family):
+    """The gated projector starts at the demos' own word embeddings: `aim` and `text` logits are equal."""
+    model, processor = build_tiny(family)
+    aim = AIM(model, processor, projector_name="gated", projector_options={"mlp_ratio": 2})
+    demos = make_demos(3, seed=5)
+    with torch.no_grad():
+        fused = aim.forward(aim.build_inputs(tiny_image(1), "what?", demos, mode="aim")).logits
+        text = aim.forward(aim.build_inputs(tiny_image(1), "what?", demos, mode="text")).logits
+    assert fused.shape == text.shape and torch.allclose(fused, text, atol=1e-5)
+    with torch.no_grad():
+        aim.projector.gate.fill_(0.5)
+        opened = aim.forward(aim.build_inputs(tiny_image(1), "what?", demos, mode="aim")).logits
+    assert not torch.allclose(opened, text, atol=1e-3)  # the gate opened: the MLP adds to the words
+
+
 def test_fitting_on_too_few_positions_warns(caplog):
     model, processor = build_tiny("llava")
     aim = AIM(model, processor)

@@ -161,3 +161,34 @@ def test_pretraining_contexts_reach_the_evaluated_shot_counts():
         if formats.CAPTION_PROMPT not in s.text
     ]
     assert max(statements) >= corpora.MAX_SHOTS - 2 and min(statements) <= 3
+
+
+def test_the_16_way_task_needs_many_shots_to_see_every_object():
+    """16 held-out names; demos drawn at random with repeats, so k demos show only some objects; the query's
+    object is always among the item's 64 demos, and a larger k shows it more often."""
+    task = WORLD_TASKS["fast_binding_16way"](11, 200)
+    items = task.test
+    assert all(len(i.support) == 64 and len(set(i.candidates)) == 16 for i in items)
+    assert all(c.removesuffix(" .") in EVAL_NAMES for i in items for c in i.candidates)
+    assert all(i.answers[0] in {d.answers[0] for d in i.support} for i in items)
+    seen = {
+        k: sum(i.answers[0] in {d.answers[0] for d in i.support[:k]} for i in items) / 200
+        for k in (8, 16, 64)
+    }
+    assert seen[8] < 0.6 < seen[16] < 0.8 < seen[64] == 1.0  # expected about 0.40 / 0.64 / 1.0
+    objects = [{(d.image.__self__.object, d.answers[0]) for d in i.support} for i in items]
+    assert all(len({o for o, _ in pairs}) == len(pairs) for pairs in objects)  # one name per object
+
+
+def test_pretraining_and_projector_contexts_bind_up_to_16_objects_within_the_models_positions():
+    tokenizer = build_tokenizer()
+    reading = [s for s in itertools.islice(corpora.reading(2), 3000) if s.text]
+    objects = [len({n for n in s.text.split() if n in TRAIN_NAMES}) for s in reading]
+    assert max(objects) == corpora.MAX_OBJECTS and min(objects) == 2
+    references = [d for d in itertools.islice(corpora.interleaved(2), 3000) if d.kind == "reference"]
+    assert max(len({text for _, text in d.pairs}) for d in references) == corpora.MAX_OBJECTS
+    longest = max(
+        len(tokenizer(s.text + " " + s.target)["input_ids"]) + 16
+        for s in itertools.islice(corpora.described(2), 3000)
+    )
+    assert longest <= 512

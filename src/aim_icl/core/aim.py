@@ -191,15 +191,23 @@ class AIM:
         fused = self.fuse([demo] if single else list(demo), batch_size=batch_size)
         return fused[0] if single else fused
 
-    def project(self, hidden: torch.Tensor, projector: nn.Module | None = None) -> torch.Tensor:
+    def project(
+        self, hidden: torch.Tensor, projector: nn.Module | None = None, token_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Apply the projector to cached hidden states (carries gradients while the projector trains).
 
         `projector`: the module to apply instead of `self.projector` (a training wrapper around it, e.g. DDP).
+        `token_ids`: the demo text's tokens, one per row of `hidden`; needed by a projector that `reads_text`.
         """
         self._warn_if_unfitted()
         projector = projector or self.projector
         p = next(projector.parameters())
-        return projector(hidden.to(p.device, p.dtype)).to(self.backbone.dtype)
+        inputs = [hidden.to(p.device, p.dtype)]
+        if reads_text(projector):
+            if token_ids is None:
+                raise AIMError(f"{type(self.projector).__name__} reads the demo's token ids: pass token_ids")
+            inputs.append(self.backbone.embed(token_ids).to(p.device, p.dtype))
+        return projector(*inputs).to(self.backbone.dtype)
 
     def fuse(
         self, demos: Sequence[DemoLike], batch_size: int = 8, projector: nn.Module | None = None
@@ -213,9 +221,10 @@ class AIM:
         items = [next(fresh) if isinstance(d, Demo) else d for d in demos]
         states = [d for d in items if isinstance(d, DemoStates)]
         if states:
-            p = next((projector or self.projector).parameters())
-            hidden = torch.cat([s.hidden.to(p.device, p.dtype) for s in states])  # (sum n_i, hidden)
-            projected = iter(self.project(hidden, projector).split([len(s.hidden) for s in states]))
+            hidden = torch.cat([s.hidden for s in states])  # (sum n_i, hidden)
+            token_ids = torch.cat([s.token_ids for s in states])  # (sum n_i,)
+            projected = self.project(hidden, projector, token_ids).split([len(s.hidden) for s in states])
+            projected = iter(projected)
             items = [next(projected) if isinstance(d, DemoStates) else d for d in items]
         for item in items:
             if not isinstance(item, torch.Tensor):
@@ -357,6 +366,11 @@ class AIM:
                 "the projector is untrained (its copy map is not fitted): call aim.fit_projector(demos) or load a "
                 "trained projector; fused tokens are zero until then"
             )
+
+
+def reads_text(projector: nn.Module) -> bool:
+    """Whether a projector (or a training wrapper around one, e.g. DDP) takes the demo text's embeddings too."""
+    return getattr(getattr(projector, "module", projector), "reads_text", False)
 
 
 @contextmanager

@@ -66,6 +66,35 @@ class ResidualProjector(nn.Module):
         self.fitted.fill_(True)
 
 
+@PROJECTORS.register("gated")
+class GatedProjector(nn.Module):
+    """f(h, e) = e + tanh(α) ⊙ g(h): the demo's own token embeddings e, plus a gated MLP of its hidden states.
+
+    The gate α starts at zero, so an untrained projector gives exactly `text` mode (nothing to fit first), and
+    training adds what the image says on top of the words, channel by channel. Unlike the ridge copy of
+    `residual`, the words come through exactly however many demos the prompt holds. It reads the text's
+    embeddings (`reads_text`), which `AIM` passes from the demo's token ids.
+    """
+
+    reads_text = True
+
+    def __init__(self, hidden_size: int, embed_size: int, mlp_ratio: float = 1.0):
+        super().__init__()
+        width = max(1, int(hidden_size * mlp_ratio))
+        self.mlp_ratio = mlp_ratio
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(hidden_size), nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, embed_size)
+        )
+        self.gate = nn.Parameter(torch.zeros(embed_size))  # zero: g's contribution starts at nothing
+        self.register_buffer("fitted", torch.ones((), dtype=torch.bool))
+
+    def forward(self, hidden: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:  # (..., embed)
+        return text_embeds + torch.tanh(self.gate) * self.mlp(hidden)
+
+    def options(self) -> dict:
+        return {"mlp_ratio": self.mlp_ratio}
+
+
 @PROJECTORS.register("linear")
 class LinearProjector(nn.Module):
     """The paper's plain `Linear(d, d)`, identity-initialised where the widths match."""

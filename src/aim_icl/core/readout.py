@@ -30,7 +30,7 @@ def read_fused_tokens(aim, demos: Sequence[Demo], top: int = 3) -> list[list[Slo
     vocab = aim.backbone.embed(vocab_ids).float()  # (V, embed)
     readings = []
     for states in aim.encode(list(demos)):
-        fused = aim.project(states.hidden).float()  # (n_text_tokens, embed)
+        fused = aim.project(states.hidden, token_ids=states.token_ids).float()  # (n_text_tokens, embed)
         distances = torch.cdist(fused, vocab)  # (n_text_tokens, V)
         best = distances.topk(min(top, len(vocab_ids)), largest=False)
         own = tokenizer.convert_ids_to_tokens(list(states.token_ids))

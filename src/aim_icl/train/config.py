@@ -62,6 +62,11 @@ class OptimConfig:
         0.0,
         "weight of a loss keeping each fused token decodable as its own text token (0: the LM loss alone)",
     )
+    text_match_weight: float = _opt(
+        0.0,
+        "weight of a KL term pulling the fused prompt's next-token distribution to the text-only prompt's "
+        "wherever text predicts the target at least as well (0: off)",
+    )
 
 
 @dataclass
@@ -69,7 +74,7 @@ class TrainConfig:
     model: str | None = _opt(None, "model directory or hub id (loaded with transformers)")
     output: str | None = _opt(None, "output directory: the trained projector, checkpoints, logs")
     projector: str | None = _opt(None, "start from this saved projector instead of a fresh one")
-    projector_name: str = _opt("residual", "projector kind for a fresh projector: residual or linear")
+    projector_name: str = _opt("residual", "projector kind for a fresh projector: residual, gated or linear")
     projector_options: dict[str, Any] = _opt(
         dict, "options of a fresh projector, as a JSON object on the command line (e.g. '{\"mlp_ratio\": 4}')"
     )

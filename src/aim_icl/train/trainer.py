@@ -25,7 +25,7 @@ from accelerate.utils import gather_object, set_seed
 
 from aim_icl.bank.cache import open_states_cache
 from aim_icl.core.aim import AIM
-from aim_icl.core.demo import Demo, DemoStates, Query
+from aim_icl.core.demo import Demo, Query
 from aim_icl.core.dtypes import torch_dtype
 from aim_icl.core.loading import load_model, load_processor
 from aim_icl.core.pipeline import default_workers
@@ -36,6 +36,7 @@ from aim_icl.errors import AIMError
 from aim_icl.train import checkpoint as ckpt
 from aim_icl.train.config import TrainConfig, save_config
 from aim_icl.train.documents import Skips
+from aim_icl.train.objectives import identity_loss, text_match_loss
 from aim_icl.train.progress import MetricsLog, Throughput, TrainSummary, progress_bar
 from aim_icl.train.readers import READERS, ReaderOptions, expand_sources
 from aim_icl.train.samples import TextBudget
@@ -251,14 +252,25 @@ class Trainer:
     def _loss(self, batch: TrainingBatch) -> torch.Tensor:
         if batch.encoded is None:  # nothing buildable: a zero loss that still touches every parameter (DDP)
             return sum(p.sum() for p in self.projector.parameters()) * 0.0
-        samples = batch.kept
-        states = self.states.states([d for s in samples for d in s.demos])  # no grad: frozen backbone
+        optim = self.config.optim
+        states = self.states.states([d for s in batch.kept for d in s.demos])  # no grad: frozen backbone
         fused = self.aim.fuse(states, projector=self.projector)  # one projector call for the batch
-        vectors = iter(fused)
-        inputs = self.aim.finish(batch.encoded, [[next(vectors) for _ in s.demos] for s in samples])
-        loss = self.aim.forward(inputs).loss
-        weight = self.config.optim.identity_weight
-        return loss + weight * identity_loss(self.aim, fused, states) if weight else loss
+        inputs = self.aim.finish(batch.encoded, _per_sample(fused, batch.kept))
+        output = self.aim.forward(inputs)
+        loss = output.loss
+        if optim.identity_weight:
+            embedding = self.aim.model.get_input_embeddings().weight  # (vocab, embed), frozen
+            loss = loss + optim.identity_weight * identity_loss(embedding, fused, states)
+        if optim.text_match_weight:
+            with torch.no_grad():  # the same prompts in `text` mode: each slot holds its own word's embedding
+                text = [self.aim.backbone.embed(s.token_ids) for s in states]
+                text_logits = self.aim.forward(
+                    self.aim.finish(batch.encoded, _per_sample(text, batch.kept))
+                ).logits
+            loss = loss + optim.text_match_weight * text_match_loss(
+                output.logits, text_logits, inputs["labels"]
+            )
+        return loss
 
     def _log(self, bar, loss: float, rate: float) -> None:
         lr = self.scheduler.get_last_lr()[0]
@@ -378,6 +390,12 @@ class StreamState:
         return cls(stream.position, stream.documents, dict(stream.skips))
 
 
+def _per_sample(vectors: list[torch.Tensor], samples: list[Query]) -> list[list[torch.Tensor]]:
+    """The batch's demo vectors (in order) grouped by the sample they belong to."""
+    flat = iter(vectors)
+    return [[next(flat) for _ in s.demos] for s in samples]
+
+
 def _batches(stream: SampleStream, size: int):
     """Jobs for `prepare_training_batch`: lists of `size` samples with the stream's state after the last one."""
     samples = iter(stream)
@@ -385,19 +403,6 @@ def _batches(stream: SampleStream, size: int):
         batch = [next(samples) for _ in range(size)]
         position = batch[-1][1]  # where the stream resumes after this batch
         yield [sample for sample, _ in batch], StreamState(position, stream.documents, dict(stream.skips))
-
-
-def identity_loss(aim: AIM, fused: list[torch.Tensor], states: list[DemoStates]) -> torch.Tensor:
-    """Cross-entropy of each fused token read back through the input embeddings against the demo's own token.
-
-    The LM loss alone lets the projector overwrite a slot whose word no training target needs verbatim; this keeps
-    every slot's word while the image is added (the world's projector at weight 0.3 against 0, same LM and data:
-    4-way generated names 0.80-0.90 against 0.67-0.83 from 4 to 32 shots).
-    """
-    embedding = aim.model.get_input_embeddings().weight  # (vocab, embed), frozen
-    logits = torch.cat(fused).float() @ embedding.float().T
-    targets = torch.cat([s.token_ids for s in states]).to(logits.device)
-    return torch.nn.functional.cross_entropy(logits, targets)
 
 
 @dataclass

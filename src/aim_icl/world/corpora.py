@@ -10,9 +10,12 @@
    is captioned in the page's one style, and question pages. Projector names only: names the LM never read
    (`names.py` says why).
 
-Evaluation asks for 1 to `MAX_SHOTS` demonstrations, so every context that stands for demonstrations (binding
-statements, caption examples, earlier pairs) has a length drawn log-uniformly up to `MAX_SHOTS`: as many short
-contexts as long ones (a model trained on short contexts only fails at 16 shots; on long ones only, at 1 or 2).
+Evaluation asks for 1 to `MAX_SHOTS` demonstrations of up to `MAX_OBJECTS` objects, so every context that stands
+for demonstrations (binding statements, caption examples, earlier pairs) has a length drawn log-uniformly up to
+`MAX_SHOTS`, and every binding context names a log-uniform 2 to `MAX_OBJECTS` objects: as many short contexts as
+long ones (a model trained on short contexts only fails at 16 shots; on long ones only, at 1 or 2; a projector
+trained on 2-33 pairs fell past 32 shots, measured). A context is cut to `CONTEXT_WORDS` so that it, its image
+and its target fit the model's 512 positions (long captions fit about 36 examples).
 
 Corpora 1-3 (pretraining) yield `PretrainSample`s; corpus 4 yields `SceneDocument`s. Corpus 5 (evaluation) is in `tasks.py`.
 """
@@ -30,9 +33,10 @@ from aim_icl.world.scene import ATTRIBUTES, COLOURS, SHAPES, Scene, sample_scene
 from aim_icl.world.vocab import IMAGE, WORDS
 
 _PLAIN_WORDS = tuple(w for w in WORDS if w.isalpha())
-MAX_SHOTS = 32
+MAX_SHOTS = 64
+MAX_OBJECTS = 16  # objects bound in one context (evaluation asks 2, 4 and 16)
+CONTEXT_WORDS = 360  # a context's words at most (a name is two tokens): the sample fits 512 positions
 RECALLS_PER_DOCUMENT = (2, 6)
-REFERENCE_OBJECTS = (2, 4)  # objects introduced in a reference document (evaluation asks 2 and 4)
 # corpus 4's mixture: nearly as many caption pages as reference documents, or the projector learns to write the demo
 # images into every slot and captions lose their attributes (measured at 16 shots: 0.69 exact match after training
 # on 30% caption pages, 0.85 on 40-45%, against 0.83 for the untrained copy map)
@@ -101,6 +105,22 @@ def context_length(rng: random.Random, low: int = 1, high: int = MAX_SHOTS) -> i
     return min(high, max(low, round(2 ** rng.uniform(math.log2(low), math.log2(high)))))
 
 
+def object_count(rng: random.Random) -> int:
+    """How many objects a binding context names: 2 to `MAX_OBJECTS`, log-uniform."""
+    return context_length(rng, 2, MAX_OBJECTS)
+
+
+def within_budget(texts: list[str], words: int = CONTEXT_WORDS) -> list[str]:
+    """The longest prefix of `texts` whose words add up to at most `words`."""
+    kept, total = [], 0
+    for text in texts:
+        total += len(text.split())
+        if total > words:
+            break
+        kept.append(text)
+    return kept
+
+
 # -- corpus 1: single-image instruction data ----------------------------------------------------------------
 
 
@@ -144,7 +164,8 @@ def reading_sample(rng: random.Random) -> PretrainSample:
 def binding_document(rng: random.Random) -> tuple[str, str]:
     """Names bound to described objects, then used: (the binding statements, the recalls of names from their
     descriptions)."""
-    objects, names = distinct_objects(rng, rng.randint(2, 5)), rng.sample(TRAIN_NAMES, 5)
+    objects = distinct_objects(rng, object_count(rng))
+    names = rng.sample(TRAIN_NAMES, len(objects))
     statements = binding_statements(rng, objects, names, context_length(rng, len(objects)))
     recalls = []
     for _ in range(rng.randint(*RECALLS_PER_DOCUMENT)):
@@ -170,11 +191,20 @@ def copy_document(rng: random.Random) -> str:
 
 def binding_statements(rng: random.Random, objects: list[str], names: list[str], count: int) -> list[str]:
     """`count` statements binding objects to their names: each object at least once, then repeats, shuffled;
-    in one format or mixed formats."""
+    in one format or mixed formats; cut to the context's word budget (every object still bound at least once)."""
     one_format = rng.choice(formats.BINDINGS) if rng.random() < 0.6 else None
-    order = list(range(len(objects))) + rng.choices(range(len(objects)), k=max(0, count - len(objects)))
+    repeats = rng.choices(range(len(objects)), k=max(0, count - len(objects)))
+    order = list(range(len(objects)))
     rng.shuffle(order)
-    return [(one_format or rng.choice(formats.BINDINGS)).format(d=objects[i], n=names[i]) for i in order]
+    statements = [
+        (one_format or rng.choice(formats.BINDINGS)).format(d=objects[i], n=names[i]) for i in order
+    ]
+    statements += within_budget(
+        [(one_format or rng.choice(formats.BINDINGS)).format(d=objects[i], n=names[i]) for i in repeats],
+        CONTEXT_WORDS - sum(len(s.split()) for s in statements),
+    )
+    rng.shuffle(statements)
+    return statements
 
 
 def distinct_objects(rng: random.Random, count: int) -> list[str]:
@@ -192,7 +222,7 @@ def described_sample(rng: random.Random) -> PretrainSample:
 
 def naming_sample(rng: random.Random) -> PretrainSample:
     """Objects described and named in words, then the image of one of them: the target is its name."""
-    objects = distinct_objects(rng, rng.randint(2, 5))
+    objects = distinct_objects(rng, object_count(rng))
     names = rng.sample(TRAIN_NAMES, len(objects))
     context = binding_statements(rng, objects, names, context_length(rng, len(objects)))
     pick = rng.randrange(len(objects))
@@ -205,9 +235,12 @@ def naming_sample(rng: random.Random) -> PretrainSample:
 def caption_style_sample(rng: random.Random) -> PretrainSample:
     """Captions of other scenes in one style, then the image: the target captions it in that style."""
     style = formats.CAPTION_STYLES[rng.choice(tuple(formats.CAPTION_STYLES))]
-    examples = [styled_caption(style, sample_scene(rng)) for _ in range(context_length(rng))]
+    examples = [
+        f"{formats.CAPTION_PROMPT} {styled_caption(style, sample_scene(rng))}"
+        for _ in range(context_length(rng))
+    ]
     scene = sample_scene(rng)
-    context = " ".join(f"{formats.CAPTION_PROMPT} {e}" for e in examples)
+    context = " ".join(within_budget(examples))
     return PretrainSample(f"{context} {IMAGE} {formats.CAPTION_PROMPT}", styled_caption(style, scene), scene)
 
 
@@ -220,13 +253,15 @@ def styled_caption(style: str, scene: Scene) -> str:
 
 def interleaved_document(rng: random.Random) -> SceneDocument:
     kind = rng.choices(tuple(DOCUMENT_KINDS), tuple(DOCUMENT_KINDS.values()))[0]
-    return SceneDocument(_PAGES[kind](rng, context_length(rng) + 1), kind)
+    pairs = _PAGES[kind](rng, context_length(rng) + 1)
+    texts = within_budget([text for _, text in pairs[:-1]])  # the demos (all but the last pair) must fit
+    return SceneDocument(pairs[: len(texts)] + pairs[-1:], kind)
 
 
 def reference_pairs(rng: random.Random, length: int) -> list[tuple[Scene, str]]:
     """Objects shown and named ("this is a manek ."), in shuffled order with repeats; the last pair is a new view
     of one already shown, so its name is always among the pairs before it."""
-    objects = distinct_objects(rng, min(rng.randint(*REFERENCE_OBJECTS), length - 1))
+    objects = distinct_objects(rng, min(object_count(rng), length - 1))
     names = rng.sample(PROJECTOR_NAMES, len(objects))
     order = list(range(len(objects))) + rng.choices(range(len(objects)), k=length - 1 - len(objects))
     rng.shuffle(order)
