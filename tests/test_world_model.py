@@ -127,7 +127,7 @@ def test_demo_runs_the_four_modes_through_the_harness(tmp_path, capsys):
     args = ["demo", "--items", "3", "--shots", "0", "2", "--json", str(rows_path), "--out", str(tmp_path)]
     assert main([*args, "--threads", "1"]) == 0
     rows = json.loads(rows_path.read_text())
-    assert {r["task"] for r in rows} == {"fast_binding", "fast_binding_4way", "caption_style"}
+    assert {r["task"] for r in rows} == {"fast_binding", "fast_binding_4way", "fast_binding_16way", "caption_style"}
     binding = [r for r in rows if r["task"] == "fast_binding" and r["metric"] == "likelihood_accuracy"]
     assert {(r["mode"], r["shots"]) for r in binding} == {("zero", 0), ("text", 2), ("icl", 2), ("aim", 2)}
     tokens = {r["mode"]: r["prompt_tokens"] for r in binding}
@@ -145,7 +145,7 @@ def test_demo_runs_the_four_modes_through_the_harness(tmp_path, capsys):
         f"- **aim**: 2 demos as fused tokens: {demos}; query `<image> this is a` → `{example['prediction']}`"
         in out
     )
-    assert "- **zero**: query `<image> this is a`" in out and out.count("Examples (") == 3
+    assert "- **zero**: query `<image> this is a`" in out and out.count("Examples (") == 4
     assert (tmp_path / "demo.png").is_file() and (tmp_path / "results.md").is_file()
 
 
