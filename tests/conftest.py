@@ -64,11 +64,12 @@ class SavedModel:
 
 
 def save_tiny(directory: Path, family: str = "llava", **overrides) -> tuple[Path, AIM]:
-    """A tiny model of `family` and its processor saved as a Hugging Face directory, and an AIM over it."""
+    """A tiny model of `family` and its processor saved as a Hugging Face directory, and an AIM over it (with a
+    residual projector, whose copy map the fixtures fit)."""
     model, processor = build_tiny(family, **overrides)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
-    return directory, AIM(model, processor)
+    return directory, AIM(model, processor, projector_name="residual")
 
 
 @pytest.fixture(scope="session")
@@ -121,9 +122,10 @@ def wait_healthy(url: str, process: subprocess.Popen, seconds: float = 120.0) ->
 
 @functools.cache
 def tiny_aim(family: str) -> AIM:
-    """An AIM over a tiny model of `family`, copy map fitted so fused tokens are not zero."""
+    """An AIM over a tiny model of `family` with a residual projector, copy map fitted: fused tokens that are
+    neither zero nor exactly the text's embeddings."""
     model, processor = build_tiny(family)
-    aim = AIM(model, processor)
+    aim = AIM(model, processor, projector_name="residual")
     aim.fit_projector(make_demos(32, seed=7))  # 341 positions: the 64-wide copy map generalises
     return aim
 

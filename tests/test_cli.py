@@ -175,3 +175,48 @@ def test_out_of_range_options_are_one_error_line_before_any_model_loads(argv, me
         main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and message in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_arguments_that_contradict_each_other_fail_in_cli_words_before_the_model_loads(capsys):
+    """--mode zero with --demo: one line naming the flags (the model path does not exist: it was never read)."""
+    args = ["generate", "--model", "no/such/model", "--image", "q.png", "--prompt", "x", "--mode", "zero"]
+    assert main([*args, "--demo", "d.png", "a demo"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "aim-icl generate: error: --mode zero reads no demonstrations: drop --demo or pick text, icl or aim\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["generate", "--model", "no/such/model", "--image", "q.png", "--prompt", "x"], ["serve"], ["inspect"],
+     ["eval", "--task", "fast_binding"], ["bank", "build", "--demos", "d.jsonl", "--bank", "b.sqlite"],
+     ["train", "--data", "x.jsonl", "--output", "out"]],
+)  # fmt: skip
+def test_device_cuda_on_a_cpu_only_torch_is_one_line_before_any_model_loads(argv, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    try:
+        code = main([*argv, "--device", "cuda"])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "device 'cuda': a CPU-only torch" in err[-1] and "--device cpu or auto" in err[-1]
+    assert "Traceback" not in "".join(err)
+
+
+def test_inspect_shows_tokens_as_text_not_tokenizer_pieces(saved_llava, images, capsys):
+    args = [
+        "inspect",
+        "--model",
+        str(saved_llava.model),
+        "--projector",
+        str(saved_llava.projector),
+        "--top",
+        "2",
+    ]
+    assert main([*args, "--demo", str(images / "0.png"), "question: what picture? answer: red"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()[2:] if line.strip()]
+    assert [row[1] for row in rows] == ["question", ":", "what", "picture", "?", "answer", ":", "red"]
+    assert "▁" not in out  # sentencepiece's word-start mark (BPE's is Ġ)

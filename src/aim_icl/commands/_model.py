@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from aim_icl.core.dtypes import FLOAT_DTYPES
+from aim_icl.core.placement import AUTO, DEVICE_HELP, DTYPE_HELP
+from aim_icl.errors import AIMError
 from aim_icl.models import fresh_projector, load_aim  # noqa: F401  (re-exported: the verbs load through here)
 
 MODEL_HELP = "model directory or hub id, loaded with transformers (default: the embedded world model)"
@@ -62,12 +65,29 @@ def port_number(text: str) -> int:
 
 
 def torch_device(text: str) -> str:
-    import torch
+    """A device this torch can run on; "auto" resolves to accelerate's, cuda, mps or cpu (`core.placement`)."""
+    from aim_icl.core.placement import resolve_device
 
     try:
-        torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a torch device; use e.g. cpu, cuda or cuda:1"
-        ) from None
-    return text
+        return resolve_device(text)
+    except AIMError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
+    """--device (default auto: resolved when the arguments are parsed, before any model loads) and --dtype."""
+    parser.add_argument("--device", type=torch_device, default=AUTO, help=DEVICE_HELP)
+    if dtype:
+        parser.add_argument("--dtype", choices=(AUTO, *FLOAT_DTYPES), default=AUTO, help=DTYPE_HELP)
+
+
+def add_alias(parser: argparse.ArgumentParser, flag: str, dest: str, **kwargs) -> None:
+    """An old spelling of an option, kept working for one release and left out of --help."""
+    parser.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+
+def model_placement(args: argparse.Namespace) -> dict:
+    """`load_aim`'s device and dtype from --device (already resolved) and --dtype ("auto" resolved here)."""
+    from aim_icl.core.placement import resolve_dtype
+
+    return {"device": args.device, "dtype": resolve_dtype(getattr(args, "dtype", None), args.device)}

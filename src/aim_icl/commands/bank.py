@@ -12,8 +12,15 @@ import argparse
 import json
 from pathlib import Path
 
-from aim_icl.commands._model import add_model_arguments, load_aim, torch_device
-from aim_icl.core.dtypes import FLOAT_DTYPES as DTYPES
+from aim_icl.commands._model import (
+    add_alias,
+    add_device_arguments,
+    add_model_arguments,
+    load_aim,
+    model_placement,
+    positive_int,
+)
+from aim_icl.core.dtypes import FLOAT_DTYPES
 from aim_icl.errors import AIMError
 
 BUILD_DESCRIPTION = """Read every demo of a JSONL file through the frozen backbone once and store it in the bank.
@@ -36,18 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(build, projector=False)  # the bank stores pre-projector states
     build.add_argument("--demos", required=True, help='JSONL file, one {"image": path, "text": ...} per line')
     build.add_argument("--bank", required=True, help="bank file (created if missing)")
-    build.add_argument("--batch-size", type=int, default=8)
-    build.add_argument("--dtype", choices=DTYPES, default="float16", help="dtype of the stored hidden states")
+    build.add_argument("--batch-size", type=positive_int, default=8, help="demos read per forward pass")
+    build.add_argument(
+        "--states-dtype", choices=FLOAT_DTYPES, default="float16", help="dtype of the stored hidden states"
+    )
     build.add_argument("--layer", type=int, default=-1, help="hidden-state layer the projector reads")
-    build.add_argument(
-        "--device", type=torch_device, default=None, help="torch device (default: accelerate's, else cpu)"
-    )
-    build.add_argument(
-        "--model-dtype",
-        choices=DTYPES,
-        default=None,
-        help="load the model in this dtype (default: the checkpoint's)",
-    )
+    add_device_arguments(build)
+    add_alias(build, "--model-dtype", "dtype", choices=FLOAT_DTYPES)
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     info = sub.add_parser("info", help="what a bank holds and which backbone it is bound to")
     info.add_argument("bank")
@@ -73,10 +75,10 @@ def _build(args: argparse.Namespace) -> int:
     if not Path(args.demos).is_file():  # fail before loading a model that may take minutes
         raise AIMError(f"demo file not found: {args.demos}")
     state = process_state(args.device)
-    device = args.device or state.device
-    aim = load_aim(args.model, device=device, dtype=args.model_dtype, with_projector=False, layer=args.layer)
+    aim = load_aim(args.model, **model_placement(args), with_projector=False, layer=args.layer)
+    states_dtype = getattr(torch, args.states_dtype)
     report = build_bank(
-        aim, args.demos, args.bank, args.batch_size, getattr(torch, args.dtype), progress=not args.no_progress
+        aim, args.demos, args.bank, args.batch_size, states_dtype, progress=not args.no_progress
     )
     if report.read == 0 and report.skipped:  # nothing built is a failure, not a report
         raise AIMError(

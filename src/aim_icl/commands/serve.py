@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 from aim_icl.commands._model import (
+    DEVICE_HELP,
     add_model_arguments,
     add_workers_argument,
-    fresh_projector,
     load_aim,
     port_number,
     positive_float,
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-dir", action="append", default=[], help="directory local image paths may be in"
     )
     parser.add_argument("--name", default="aim", help="model name reported by /v1/models and in responses")
-    parser.add_argument("--device", type=torch_device, default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--device", type=torch_device, default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--queue-size", type=int, default=32, help="requests waiting for the model; more get 503"
     )
@@ -108,8 +108,6 @@ def run(args: argparse.Namespace) -> int:
     from aim_icl.serve.service import ModelService
 
     aim = load_aim(args.model, args.projector, device=args.device)
-    if fresh_projector(args.model, args.projector):
-        logger.warning("no --projector: fused tokens come from an untrained projector; pass a trained one")
     workers = default_workers(aim.backbone.device) if args.workers is None else args.workers
     app = create_app(ModelService(aim, args.bank, model_name=args.name, workers=workers), config)
     http = protocol(config.read_timeout_s, args.max_header_bytes)

@@ -52,7 +52,7 @@ class AIM:
         projector: nn.Module | str | Path | None = None,
         template: PromptTemplate | None = None,
         layer: int | None = None,
-        projector_name: str = "residual",
+        projector_name: str = "gated",
         projector_options: dict | None = None,
     ):
         self.model = model.eval().requires_grad_(False)
@@ -199,7 +199,8 @@ class AIM:
         `projector`: the module to apply instead of `self.projector` (a training wrapper around it, e.g. DDP).
         `token_ids`: the demo text's tokens, one per row of `hidden`; needed by a projector that `reads_text`.
         """
-        self._warn_if_unfitted()
+        if projector is None:  # a projector passed in is one being trained
+            self._warn_if_untrained()
         projector = projector or self.projector
         p = next(projector.parameters())
         inputs = [hidden.to(p.device, p.dtype)]
@@ -358,14 +359,22 @@ class AIM:
         out = self.model(**inputs, output_hidden_states=True, logits_to_keep=1)
         return out.hidden_states[self.layer]
 
-    def _warn_if_unfitted(self) -> None:
-        fitted = getattr(self.projector, "fitted", None)
-        if fitted is not None and not bool(fitted) and not getattr(self, "_warned_unfitted", False):
-            self._warned_unfitted = True
-            logger.warning(
-                "the projector is untrained (its copy map is not fitted): call aim.fit_projector(demos) or load a "
-                "trained projector; fused tokens are zero until then"
-            )
+    def _warn_if_untrained(self) -> None:
+        """Once per AIM, where `aim` mode runs on a projector nobody trained: say what it gives instead."""
+        if getattr(self, "_warned_untrained", False):
+            return
+        gate = getattr(self.projector, "gate", None)  # gated projector: a zero gate is exactly `text` mode
+        if isinstance(gate, torch.Tensor) and not bool(gate.any()):
+            what = "`aim` mode runs as `text` mode (each fused token is its word's embedding)"
+        elif not bool(getattr(self.projector, "fitted", True)):
+            what = "fused tokens are zero (the residual projector's copy map is unfitted: aim.fit_projector)"
+        else:
+            return
+        self._warned_untrained = True
+        logger.warning(
+            "no trained projector: %s; load one with --projector DIR_OR_REPO or from_pretrained(..., projector=)",
+            what,
+        )
 
 
 def reads_text(projector: nn.Module) -> bool:

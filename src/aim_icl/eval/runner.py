@@ -69,7 +69,7 @@ def run_eval(
     shots: Sequence[int] = (0, 4, 8, 16),
     modes: Sequence[str] = MODES,
     trials: int = 3,
-    selection: str = "random",
+    selection: str | None = None,
     limit: int | None = None,
     output_dir: str | Path | None = None,
     pool_size: int = 2048,
@@ -80,27 +80,25 @@ def run_eval(
     batch_size: int | None = None,
     workers: int | None = None,
 ) -> list[dict]:
-    """Evaluate `task` (items loaded) and return one row per (mode, shots, metric); see `aggregate` for fields.
+    """Evaluate `task` and return one row per (mode, shots, metric); see `aggregate` for fields.
+
+    A task without items is loaded first (`task.loaded()`: its loader with the default `DataPaths`).
 
     With `output_dir`, predictions are appended there as they are made (a rerun skips what is done) and the
     results JSON, Markdown table and plots are written there. Queries: the first `limit` evaluation items; demos:
-    `selection` from a pool of `pool_size` train items drawn with `seed`; trial t uses seed `seed + t`. With
+    `selection` (None: the task's) from a pool of `pool_size` train items drawn with `seed`; trial t uses seed
+    `seed + t`. With
     selection `support`, a query's k demos are the first k of its own (`Item.support`), the same in every trial.
     A cell's queries go through the model `batch_size` at a time (default: `answer.default_batch_size`); answers
     and scores equal one-by-one answering, whatever the batch size. `workers` processes prepare the batches'
     images and prompts ahead of the model (None: `core.pipeline.default_workers()`; 0: in this thread).
     """
-    _check_arguments(task, shots, modes, trials, selection)
-    if batch_size is not None and batch_size < 1:
-        raise AIMError(f"batch_size must be at least 1, got {batch_size}")
-    if workers is not None and workers < 0:
-        raise AIMError(f"workers must be 0 (prepare in this thread) or more, got {workers}")
+    if not task.test and task.load is not None:
+        task = task.loaded()
+    selection = selection or task.selection
+    check_arguments(task, shots, modes, trials, selection, bank, batch_size, workers)
     queries = task.test if limit is None else task.test[:limit]
-    max_shots = max(shots) if set(modes) - {"zero"} else 0
-    if selection == "support":
-        pool = support_pool(queries, max_shots)
-    else:
-        pool = demo_pool(task, pool_size, seed, max_shots)
+    pool = plan_pool(task, queries, shots, modes, selection, pool_size, seed)
     state = process_state(aim.backbone.device.type)
     directory = None if output_dir is None else Path(output_dir)
     store = PredictionStore(directory, state.process_index, state.num_processes)
@@ -266,11 +264,21 @@ def check_run_config(directory: Path, config: dict, state) -> None:
         if changed:
             raise AIMError(
                 f"{directory} holds predictions of another setup ({', '.join(changed)} differ); "
-                "use a new --output-dir or delete that one"
+                "use a new --output or delete that one"
             )
     state.wait_for_everyone()
     if state.is_main_process and not path.is_file():
         path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def plan_pool(
+    task: Task, queries: list[Item], shots, modes, selection: str, pool_size: int, seed: int
+) -> list[Item]:
+    """The demo pool a run draws from (no model needed: the CLI checks it before loading one)."""
+    max_shots = max(shots) if set(modes) - {"zero"} else 0
+    if selection == "support":
+        return support_pool(queries, max_shots)
+    return demo_pool(task, pool_size, seed, max_shots)
 
 
 def demo_pool(task: Task, size: int, seed: int, max_shots: int) -> list[Item]:
@@ -282,7 +290,18 @@ def demo_pool(task: Task, size: int, seed: int, max_shots: int) -> list[Item]:
     return pool
 
 
-def _check_arguments(task: Task, shots, modes, trials: int, selection: str) -> None:
+def check_arguments(
+    task: Task, shots, modes, trials: int, selection: str, bank=None, batch_size=None, workers=None
+) -> None:
+    """Everything about a run that can be wrong before a model is loaded."""
+    if batch_size is not None and batch_size < 1:
+        raise AIMError(f"batch_size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 0:
+        raise AIMError(f"workers must be 0 (prepare in this thread) or more, got {workers}")
+    if selection == "similarity" and bank is None:
+        raise AIMError(
+            "selection similarity ranks the pool by image similarity: it needs a bank (--bank PATH)"
+        )
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise AIMError(f"unknown mode {bad[0] if bad else ''!r}; use some of {', '.join(MODES)}")
@@ -292,7 +311,7 @@ def _check_arguments(task: Task, shots, modes, trials: int, selection: str) -> N
     if selection in ("similarity", "support") and trials > 1:
         logger.warning("%s selection gives every trial the same demos; --trials 1 costs less", selection)
     if not task.test:
-        raise AIMError(f"task {task.name!r} has no evaluation items; load it first (task.loaded(paths))")
+        raise AIMError(f"task {task.name!r} has no evaluation items and no loader to read them")
     for name in task.metric_names():
         METRICS.get(name)
     if needs_scores(task) and any(len(task.candidates_for(q)) < 2 for q in task.test):

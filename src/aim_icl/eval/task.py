@@ -1,8 +1,10 @@
 """A task is data plus named Python hooks: a loader, prompt templates, metrics and answer post-processing.
 
 The task registry and the built-in tasks live in `aim_icl.eval.tasks`; a new one is one
-`TASKS.register(name, Task(...))` call in a short file. A `Task` can also hold in-memory items
-(`Task(..., train=[...], test=[...])`), with no loader at all.
+`TASKS.register(name, Task(...))` call in a short file. Its loader is `load(paths: DataPaths, split: str) ->
+list[Item]`, called once for the train split (the demo pool; may be empty when items bring their own demos) and
+once for the evaluation split. A `Task` can also hold in-memory items (`Task(..., train=[...], test=[...])`), with
+no loader at all.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Task:
     generated answer (the first candidate is the positive class for `roc_auc`); with `closed_set=True` and no
     candidates, the distinct answers of the data are the set. Items may carry their own candidates and their own
     demonstrations (`Item.support`, VL-ICL-style tasks where each query comes with its support set).
+    `selection`: how demos are chosen unless the run says otherwise (`support` for items that bring theirs).
     """
 
     name: str
@@ -50,6 +53,7 @@ class Task:
     labels: tuple[str, ...] = ()  # answer of integer label i, for data that stores labels (HF `label`)
     postprocess: Callable[[str], str] = first_line
     max_new_tokens: int = 10
+    selection: str = "random"
     train: list[Item] = field(default_factory=list, repr=False)
     test: list[Item] = field(default_factory=list, repr=False)
 
@@ -70,8 +74,12 @@ class Task:
     def candidates_for(self, item: Item) -> tuple[str, ...]:
         return item.candidates or self.candidates
 
-    def loaded(self, paths: DataPaths, eval_split: str | None = None) -> Task:
-        """A copy holding the train split (the demo pool's source) and the evaluation split."""
+    def loaded(self, paths: DataPaths | None = None, eval_split: str | None = None) -> Task:
+        """A copy holding the train split (the demo pool's source) and the evaluation split, read by the loader
+        (or from a `datasets` directory); a task given its items in memory is returned as it is."""
+        paths = paths or DataPaths()
+        if self.load is None and self.test and not is_hf_dataset(paths.data_dir):
+            return self
 
         def read(split: str) -> list[Item]:
             if is_hf_dataset(paths.data_dir):
