@@ -96,3 +96,42 @@ def test_a_saved_config_loads_back_the_same(tmp_path):
     )
     save_config(config, tmp_path / "train_config.yaml")
     assert load_config(tmp_path / "train_config.yaml") == config
+
+
+def test_device_and_dtype_spelled_as_on_every_verb_with_the_old_spellings_still_read(tmp_path):
+    assert TrainConfig().device == "auto" and TrainConfig().dtype == "auto"
+    assert load_config(None, parse("--device", "cpu", "--dtype", "bfloat16")).device == "cpu"
+    old = load_config(None, parse("--cpu", "--backbone-dtype", "float16"))  # hidden aliases, for one release
+    assert (old.device, old.dtype) == ("cpu", "float16")
+    path = tmp_path / "old.yaml"
+    path.write_text("cpu: true\nbackbone_dtype: bfloat16\n")  # a config written before the rename
+    assert (load_config(path).device, load_config(path).dtype) == ("cpu", "bfloat16")
+    path.write_text("cpu: false\n")
+    assert load_config(path).device == "auto"
+    with pytest.raises(AIMError, match="device must be auto, cpu, cuda or mps, not 'cuda:1'"):
+        load_config(None, {"output": "o", "paths": ["x"], "device": "cuda:1"}).validate()
+
+
+def test_help_shows_every_default_and_no_old_spelling(capsys):
+    from aim_icl.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for shown in ("(default: 100)", "(default: 0.0001)", "(default: gated)", "(default: auto)", "(default: on)"):
+        assert shown in out
+    assert "--backbone-dtype" not in out and "--cpu" not in out and "--device" in out and "--dtype" in out
+
+
+def test_a_warmup_longer_than_the_run_is_one_warning_line(caplog):
+    with caplog.at_level(logging.WARNING, logger="aim_icl.train.config"):
+        load_config(None, {"output": "o", "paths": ["x"], "max_steps": 40, "lr": 3e-3}).validate()
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "warmup_steps 100 >= max_steps 40: the learning rate climbs only to 0.0012 (lr x 0.40) and never decays; "
+        "pass --warmup-steps 4 (a tenth of the run) or fewer"
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="aim_icl.train.config"):
+        load_config(None, {"output": "o", "paths": ["x"], "max_steps": 40, "warmup_steps": 4}).validate()
+    assert caplog.records == []

@@ -153,14 +153,15 @@ def test_bad_data_is_skipped_counted_and_never_fatal(tmp_path):
     samples = take(s, 4)
     assert [target for _, target, _, _ in samples] == [doc[-1][1] for doc in good]
     assert s.skips == {
-        "malformed record": 3,
+        "malformed record": 2,  # not JSON, not an object
+        "not an OBELICS row": 1,
         "missing image": 1,
         "bad image": 1,
         "remote image": 1,
         "too few pairs": 4,  # the three that lost their first image, and the one-pair document
         "bad file": 1,
     }
-    assert "3 malformed record" in s.skips.summary()
+    assert "2 malformed record" in s.skips.summary()
 
 
 def test_a_stream_restarted_at_a_position_sees_the_same_samples(tmp_path):
@@ -228,3 +229,25 @@ def test_a_corpus_without_any_usable_document_is_an_error(tmp_path):
     )
     with pytest.raises(AIMError, match="no training sample"):
         take(stream([path], "obelics", tmp_path), 1)
+
+
+@pytest.mark.parametrize("read", ["samples", "documents"])  # training, and a residual projector's copy-map fit
+def test_a_corpus_in_another_schema_gives_the_counts_reasons_and_a_first_example(tmp_path, read):
+    files = write_corpus(tmp_path, "mmc4", dax_documents(5, seed=12))  # read as OBELICS rows: every one refused
+    s = stream(files, "obelics", tmp_path / "images")
+    with pytest.raises(AIMError) as error:
+        take(s, 1) if read == "samples" else list(s.documents_of())
+    message = str(error.value)
+    assert "\n" not in message
+    assert "in the corpus (process 0: 5 skipped (5 not an OBELICS row); first: " in message
+    assert "docs-0.jsonl:0 not an OBELICS row: needs aligned lists 'images' and 'texts', has keys " in message
+    assert "image_info, text_list, url); check --format obelics, --image-root (" in message
+
+
+def test_relative_image_paths_without_their_root_say_so(tmp_path):
+    files = write_corpus(tmp_path, "obelics", dax_documents(4, seed=13))
+    with pytest.raises(AIMError) as error:
+        list(stream(files, "obelics", None).documents_of())  # --image-root forgotten
+    message = str(error.value)
+    assert message.startswith("no readable image-text pair in the corpus (process 0: ")
+    assert "missing image" in message and "--image-root (not given: relative image paths start at" in message

@@ -26,8 +26,9 @@ def one_thread():
 
 
 def tiny_llava() -> AIM:
-    """A tiny LLaVA whose random LM is steerable enough (init range 0.2) to learn from fused tokens."""
-    return AIM(*build_tiny("llava", text_config={"initializer_range": 0.2}))
+    """A tiny LLaVA whose random LM is steerable enough (init range 0.2) to learn from fused tokens, with the
+    residual projector whose copy-map fit these tests count."""
+    return AIM(*build_tiny("llava", text_config={"initializer_range": 0.2}), projector_name="residual")
 
 
 def settings(files, output, **overrides):

@@ -2,7 +2,8 @@
 
 Precedence: dataclass defaults < YAML file < flags given on the command line. YAML may nest (`data:`, `optim:`)
 or name any field at the top level, with underscores or dashes; unknown keys are warned about, not fatal
-(a config written by a newer version still loads).
+(a config written by a newer version still loads). Keys renamed in 0.2 (`backbone_dtype`, `cpu`) are still read,
+as YAML keys and as hidden flags, for one release.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aim_icl.core.dtypes import FLOAT_DTYPES
+from aim_icl.core.placement import resolve_device
 from aim_icl.errors import AIMError
 
 logger = logging.getLogger(__name__)
@@ -74,7 +76,11 @@ class TrainConfig:
     model: str | None = _opt(None, "model directory or hub id (loaded with transformers)")
     output: str | None = _opt(None, "output directory: the trained projector, checkpoints, logs")
     projector: str | None = _opt(None, "start from this saved projector instead of a fresh one")
-    projector_name: str = _opt("residual", "projector kind for a fresh projector: residual, gated or linear")
+    projector_name: str = _opt(
+        "gated",
+        "kind of a fresh projector: gated (starts exactly as text mode), residual (its copy map fitted on "
+        "fit_demos demos first) or linear",
+    )
     projector_options: dict[str, Any] = _opt(
         dict, "options of a fresh projector, as a JSON object on the command line (e.g. '{\"mlp_ratio\": 4}')"
     )
@@ -86,9 +92,12 @@ class TrainConfig:
     seed: int = _opt(0, "seed of data order, sampling and initialisation")
     cache: str | None = _opt(None, "demo hidden-state cache: a Demonstration Bank file, or 'memory'")
     cache_dtype: str = _opt("float16", "dtype of cached hidden states: float16, bfloat16 or float32")
-    cpu: bool = _opt(False, "train on the CPU even where a GPU is available")
+    device: str = _opt(
+        "auto",
+        "auto (accelerate's device, else cuda, else mps, else cpu), cpu (even where a GPU is), cuda or mps",
+    )
     mixed_precision: str = _opt("auto", "no, fp16, bf16, or auto (bf16 on a GPU that has it)")
-    backbone_dtype: str = _opt("auto", "dtype of the frozen backbone: auto follows mixed precision")
+    dtype: str = _opt("auto", "dtype of the frozen backbone's weights: auto follows mixed precision")
     gradient_checkpointing: bool = _opt(False, "recompute the frozen backbone's activations in backward")
     fit_demos: int = _opt(256, "demos the fresh residual projector's copy map is fitted on")
     encode_batch_size: int = _opt(8, "demos read through the backbone per batch")
@@ -132,8 +141,13 @@ class TrainConfig:
                 f"cache_dtype must be one of {', '.join(FLOAT_DTYPES)}, not {self.cache_dtype!r}",
             ),
             (
-                self.backbone_dtype in ("auto", *FLOAT_DTYPES),
-                f"backbone_dtype must be auto or one of {', '.join(FLOAT_DTYPES)}, not {self.backbone_dtype!r}",
+                self.dtype in ("auto", *FLOAT_DTYPES),
+                f"dtype must be auto or one of {', '.join(FLOAT_DTYPES)}, not {self.dtype!r}",
+            ),
+            (
+                self.device in ("auto", "cpu", "cuda", "mps"),
+                f"device must be auto, cpu, cuda or mps, not {self.device!r} (training places its processes "
+                "itself: pick GPUs with CUDA_VISIBLE_DEVICES or accelerate launch --gpu_ids)",
             ),
             (
                 self.mixed_precision in ("auto", "no", "fp16", "bf16"),
@@ -144,10 +158,30 @@ class TrainConfig:
             if not ok:
                 raise AIMError(message)
         READERS.get(d.format)  # an unknown format fails here, with a suggestion
+        resolve_device(self.device)  # a device this torch cannot reach: one line, before any model loads
+        _warn_if_warmup_outlasts_the_run(o)
         return self
 
 
+def _warn_if_warmup_outlasts_the_run(optim: OptimConfig) -> None:
+    if optim.warmup_steps >= optim.max_steps:
+        logger.warning(
+            "warmup_steps %d >= max_steps %d: the learning rate climbs only to %.3g (lr x %.2f) and never decays; "
+            "pass --warmup-steps %d (a tenth of the run) or fewer",
+            optim.warmup_steps,
+            optim.max_steps,
+            optim.lr * optim.max_steps / optim.warmup_steps,
+            optim.max_steps / optim.warmup_steps,
+            optim.max_steps // 10,
+        )
+
+
 SECTIONS: dict[str, type] = {"data": DataConfig, "optim": OptimConfig}
+# keys of earlier versions -> (field, value): still read, for one release
+RENAMED = {
+    "backbone_dtype": lambda value: ("dtype", value),
+    "cpu": lambda value: ("device", "cpu" if _coerce("cpu", value, bool) else "auto"),
+}
 
 
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
@@ -157,6 +191,8 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     values: dict[str | None, dict[str, Any]] = {None: {}, **{s: {} for s in SECTIONS}}
     for key, value in raw.items():
         key = key.replace("-", "_")
+        if key in RENAMED and key not in routes:
+            key, value = RENAMED[key](value)
         if key in SECTIONS and isinstance(value, dict):
             for sub, sub_value in value.items():
                 _route(values, routes, sub.replace("-", "_"), sub_value, section=key)
@@ -204,7 +240,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     }
     for f in fields:
         flag = "--" + f.metadata.get("flag", f.name).replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata["help"]}
+        help_text = f.metadata["help"] + _shown_default(f)
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         hint = hints[f.name]
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -215,6 +252,18 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         elif "const" in f.metadata:
             kwargs.update(nargs="?", const=f.metadata["const"])
         parser.add_argument(flag, **kwargs)
+    hidden = {"default": argparse.SUPPRESS, "help": argparse.SUPPRESS}  # old spellings (RENAMED), one release
+    parser.add_argument("--backbone-dtype", dest="dtype", **hidden)
+    parser.add_argument("--cpu", dest="device", action="store_const", const="cpu", **hidden)
+
+
+def _shown_default(f: dataclasses.Field) -> str:
+    """ " (default: X)" for --help (flags default to SUPPRESS, so argparse cannot show the field's default)."""
+    value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if value in (None, [], {}, ""):
+        return ""
+    shown = ("on" if value else "off") if isinstance(value, bool) else value
+    return f" (default: {shown})".replace("%", "%%")
 
 
 def _flatten(raw: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ class ReaderOptions:
 
 
 class CorpusReader(Protocol):
+    name: str  # its name in READERS (--format)
     suffixes: tuple[str, ...]  # file names a directory source is searched for
 
     def records(self, path: str, skips: Skips) -> Iterator[Any]: ...
@@ -50,6 +51,7 @@ READERS: Registry[type[CorpusReader]] = Registry("corpus format")
 
 @READERS.register("obelics")
 class ObelicsReader:
+    name = "obelics"
     suffixes = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 
     def records(self, path: str, skips: Skips) -> Iterator[Any]:
@@ -61,6 +63,7 @@ class ObelicsReader:
 
 @READERS.register("mmc4")
 class MMC4Reader:
+    name = "mmc4"
     suffixes = (".jsonl", ".jsonl.gz", ".json")
 
     def records(self, path: str, skips: Skips) -> Iterator[Any]:
@@ -72,6 +75,7 @@ class MMC4Reader:
 
 @READERS.register("wds")
 class WebDatasetReader:
+    name = "wds"
     suffixes = (".tar",)
 
     def records(self, path: str, skips: Skips) -> Iterator[Any]:
@@ -105,7 +109,9 @@ class WebDatasetReader:
 def obelics_pairs(row: dict) -> list[RawPair]:
     images, texts = row.get("images"), row.get("texts")
     if not isinstance(images, list) or not isinstance(texts, list) or len(images) != len(texts):
-        raise SkipItem("malformed record", "needs aligned lists 'images' and 'texts'")
+        raise SkipItem(
+            "not an OBELICS row", f"needs aligned lists 'images' and 'texts', has keys {_keys(row)}"
+        )
     pairs: list[RawPair] = []
     image, following = None, []
     for img, text in [*zip(images, texts), ("<end>", None)]:
@@ -121,7 +127,9 @@ def obelics_pairs(row: dict) -> list[RawPair]:
 def mmc4_pairs(doc: dict, options: ReaderOptions, skips: Skips) -> list[RawPair]:
     texts, infos = doc.get("text_list"), doc.get("image_info")
     if not isinstance(texts, list) or not isinstance(infos, list):
-        raise SkipItem("malformed record", "needs lists 'text_list' and 'image_info'")
+        raise SkipItem(
+            "not an MMC4 document", f"needs lists 'text_list' and 'image_info', has keys {_keys(doc)}"
+        )
     pairs: list[tuple[int, RawPair]] = []
     for info in infos:
         index = info.get("matched_text_index") if isinstance(info, dict) else None
@@ -156,6 +164,11 @@ def expand_sources(patterns: list[str], suffixes: tuple[str, ...]) -> list[str]:
     if not files:
         raise AIMError(f"no data files in {', '.join(map(str, patterns))} (looked for {', '.join(suffixes)})")
     return files
+
+
+def _keys(row: dict) -> str:
+    names = sorted(map(str, row))
+    return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") if names else "none"
 
 
 def _lines(path: str) -> Iterator[bytes]:

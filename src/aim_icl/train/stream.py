@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from aim_icl.core.demo import Demo, Query
@@ -43,7 +43,7 @@ class SampleStream:
         reader: CorpusReader,
         options: ReaderOptions,
         rules: SampleRules,
-        budget: TextBudget,
+        budget: TextBudget | Callable[[str], str],
         seed: int = 0,
         rank: int = 0,
         world: int = 1,
@@ -52,7 +52,14 @@ class SampleStream:
         self.seed, self.rank, self.world = seed, rank, world
         self.position = Position()
         self.skips = Skips()
-        self.documents = 0  # documents this process parsed into at least one sample
+        self.documents = 0  # distinct documents this process drew samples from (later epochs repeat them)
+        self.first_skip: str | None = None  # "file:record reason: detail" of the first item skipped
+
+    def check_readable(self) -> None:
+        """Raise now, with counts and reasons, if the corpus gives this process no sample at all (a wrong
+        --format, a forgotten --image-root). Reads up to the first sample and advances the stream: call it on a
+        throwaway one (with the `whole_text` budget it needs no tokenizer, so no model)."""
+        next(iter(self))
 
     def __iter__(self) -> Iterator[tuple[Query, Position]]:
         """(sample, position after it); starts at `self.position`."""
@@ -68,13 +75,12 @@ class SampleStream:
                     )
                     for j in range(first, len(samples)):
                         produced += 1
+                        if epoch == 0 and j == 0:  # a document counts once: at its first sample, first epoch
+                            self.documents += 1
                         yield samples[j], Position(epoch, f, record, j + 1)
             whole_epoch = epoch > start.epoch or start == Position(epoch)
             if not produced and whole_epoch:
-                raise AIMError(
-                    f"the corpus gives process {self.rank} no training sample ({self.skips.summary()}); "
-                    f"check --format, --image-root and that documents hold more than {self.rules.min_shots} pairs"
-                )
+                raise self.unreadable("no training sample", self.skips)
 
     def epoch_order(self, epoch: int) -> list[int]:
         """Indices into `files`, in the order this epoch reads them."""
@@ -86,14 +92,28 @@ class SampleStream:
     def documents_of(self, epoch: int = 0, rank_only: bool = True) -> Iterator[Document]:
         """Parsed documents in stream order (e.g. to fit the projector's copy map on the first few).
 
-        What they skip is not counted in `skips`: training reads the same documents again.
+        What they skip is not counted in `skips`: training reads the same documents again. A corpus without a
+        single readable pair is an error giving the counts and reasons.
         """
-        skips = Skips()
+        skips, pairs = Skips(), 0
         for file_index in self.epoch_order(epoch):
             for record, raw in self._records(file_index, 0, rank_only, skips):
                 doc = self._document(file_index, record, raw, skips)
                 if doc is not None:
+                    pairs += len(doc.pairs)
                     yield doc
+        if not pairs:
+            raise self.unreadable("no readable image-text pair", skips)
+
+    def unreadable(self, what: str, skips: Skips) -> AIMError:
+        """The error for a corpus that gives nothing: what was skipped, why, the first example, what to check."""
+        root = self.options.image_root or "not given: relative image paths start at the current directory"
+        first = f"; first: {self.first_skip}" if self.first_skip else ""
+        reader = getattr(self.reader, "name", type(self.reader).__name__)
+        return AIMError(
+            f"{what} in the corpus (process {self.rank}: {skips.summary()}{first}); check --format {reader}, "
+            f"--image-root ({root}) and that documents hold more than {self.rules.min_shots} pair(s)"
+        )
 
     def _file_samples(self, epoch: int, file_index: int, first: int) -> Iterator[tuple[int, list[Query]]]:
         for record, raw in self._records(file_index, first, True, self.skips):
@@ -103,10 +123,9 @@ class SampleStream:
             rng = random.Random(f"{self.seed}/{epoch}/{file_index}/{record}")
             samples = document_samples(doc, rng, self.rules)
             if samples:
-                self.documents += 1
                 yield record, samples
             else:
-                self.skips["too few pairs"] += 1
+                self._skip(self.skips, SkipItem("too few pairs", f"{len(doc.pairs)} readable"), doc.where)
 
     def _records(
         self, file_index: int, first: int, rank_only: bool, skips: Skips
@@ -126,16 +145,26 @@ class SampleStream:
         try:
             raw_pairs = self.reader.parse(raw, self.options, skips)
         except SkipItem as skip:
-            skips[skip.reason] += 1
+            self._skip(skips, skip, where)
             return None
         pairs = []
         for image, text in raw_pairs:
             text = self.budget(text)
             if not text:
-                skips["empty text"] += 1
+                self._skip(skips, SkipItem("empty text"), where)
                 continue
             try:
                 pairs.append(Demo(open_image(image, self.options.image_root), text))
             except SkipItem as skip:
-                skips[skip.reason] += 1
+                self._skip(skips, skip, where)
         return Document(where, pairs)
+
+    def _skip(self, skips: Skips, skip: SkipItem, where: str) -> None:
+        skips[skip.reason] += 1
+        if self.first_skip is None:  # the first example, for the error when nothing is readable at all
+            self.first_skip = f"{where} {skip}"
+
+
+def whole_text(text: str) -> str:
+    """A text budget that keeps every token (whitespace collapsed, as `TextBudget` does)."""
+    return " ".join(text.split())

@@ -40,7 +40,7 @@ from aim_icl.train.objectives import identity_loss, text_match_loss
 from aim_icl.train.progress import MetricsLog, Throughput, TrainSummary, progress_bar
 from aim_icl.train.readers import READERS, ReaderOptions, expand_sources
 from aim_icl.train.samples import TextBudget
-from aim_icl.train.stream import Position, SampleRules, SampleStream
+from aim_icl.train.stream import Position, SampleRules, SampleStream, whole_text
 
 REFUSED = "prompt refused"  # a sample whose prompt the processor or the context refused
 
@@ -68,7 +68,7 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.config
         self.accelerator = Accelerator(
-            cpu=use_cpu(requested=cfg.cpu),  # accelerate sets up multi-process CPU runs only when told
+            cpu=use_cpu(cfg.device),  # accelerate sets up multi-process CPU runs only when told
             mixed_precision=_mixed_precision(cfg.mixed_precision),
             log_with=_trackers(cfg.log_with),
             project_dir=str(self.output),
@@ -77,6 +77,7 @@ class Trainer:
         resume = self._resume_dir()
         reader = READERS.get(cfg.data.format)()
         files = expand_sources(cfg.data.paths, reader.suffixes)  # before a model load that may take minutes
+        self._build_stream(reader, files, whole_text).check_readable()  # a corpus giving nothing fails here
         self.aim = self.aim or self._load_aim()
         self._place_backbone()
         self.stream = self._build_stream(reader, files)
@@ -123,13 +124,14 @@ class Trainer:
         self.accelerator.print(f"trainable: {_count(trainable)} of {_count(total)} parameters")
 
     def _backbone_dtype(self) -> torch.dtype:
-        if self.config.backbone_dtype != "auto":
-            return torch_dtype(self.config.backbone_dtype)
+        if self.config.dtype != "auto":
+            return torch_dtype(self.config.dtype)
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
             self.accelerator.mixed_precision, torch.float32
         )
 
-    def _build_stream(self, reader, files: list[str]) -> SampleStream:
+    def _build_stream(self, reader, files: list[str], budget=None) -> SampleStream:
+        """The stream of samples; `budget` (default: max_text_tokens of the model's tokenizer) cuts texts."""
         d = self.config.data
         image_root = None if d.image_root is None else Path(d.image_root)
         rules = SampleRules(
@@ -140,7 +142,7 @@ class Trainer:
             reader,
             ReaderOptions(image_root, d.min_sim),
             rules,
-            TextBudget(self.aim.encoder.tokenizer, d.max_text_tokens),
+            budget or TextBudget(self.aim.encoder.tokenizer, d.max_text_tokens),
             seed=self.config.seed,
             rank=self.accelerator.process_index,
             world=self.accelerator.num_processes,
@@ -152,9 +154,7 @@ class Trainer:
         for doc in self.stream.documents_of(rank_only=False):
             demos += doc.pairs[: self.config.fit_demos - len(demos)]
             if len(demos) >= self.config.fit_demos:
-                break
-        if not demos:
-            raise AIMError("no readable image-text pair in the corpus to fit the projector on")
+                break  # a corpus without a readable pair is an error of `documents_of`, with counts and reasons
         self.accelerator.print(f"fitting the projector's copy map on {len(demos)} demos")
         self.aim.fit_projector(self.states.states(demos))
 
