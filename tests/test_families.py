@@ -178,13 +178,33 @@ def test_batched_training_inputs_match_single(aim):
 def test_generate_in_every_mode(aim, mode):
     demos = make_demos(2) if mode != "zero" else []
     answer = aim.generate(tiny_image(5), QUERY, demos, mode=mode, max_new_tokens=4)
-    assert isinstance(answer, str)
+    # the documented path: build_inputs' output straight into the model's own generate (every family takes it)
     inputs = aim.build_inputs(tiny_image(5), QUERY, demos, mode)
-    from aim_icl.core.aim import forwarding_inputs_embeds
-
-    with torch.no_grad(), forwarding_inputs_embeds(aim.model):
+    with torch.no_grad():
         out = aim.model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=aim.encoder.pad_id)
-    assert out.shape[1] > inputs["input_ids"].shape[1]
+    new_tokens = out[0, inputs["input_ids"].shape[1] :]
+    assert len(new_tokens) > 0
+    assert answer == aim.encoder.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("mode", aim_modes())
+def test_a_list_of_queries_is_answered_as_each_query_alone(aim, mode):
+    """One generation path: a list goes through left-padded batches, each answer equal to the query's alone."""
+    queries = [
+        Query(
+            tiny_image(20 + i, (48 - 8 * i, 32 + 8 * i)),  # prompts of different lengths: rows are padded
+            QUERY + " big" * i,
+            [] if mode == "zero" else make_demos(1 + i, seed=i),
+        )
+        for i in range(3)
+    ]
+    alone = [aim.generate(q, mode=mode, max_new_tokens=3) for q in queries]
+    assert all(isinstance(answer, str) for answer in alone)
+    assert aim.generate(queries, mode=mode, max_new_tokens=3) == alone
+    assert aim.generate(queries, mode=mode, max_new_tokens=3, batch_size=2) == alone
+    # parallel lists, the demos given per query
+    images, texts, demos = ([getattr(q, f) for q in queries] for f in ("image", "text", "demos"))
+    assert aim.generate(images, texts, demos, mode=mode, max_new_tokens=3) == alone
 
 
 @pytest.mark.parametrize("mode", aim_modes())

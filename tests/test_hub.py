@@ -21,9 +21,10 @@ from safetensors.torch import save
 from aim_icl import AIM, AIMError
 from aim_icl.cli import main
 from aim_icl.core.loading import load_processor
-from aim_icl.core.projector import CONFIG_NAME, WEIGHTS_NAME
+from aim_icl.core.projector_config import CONFIG_NAME, WEIGHTS_NAME
 from aim_icl.eval.report import markdown_table
 from aim_icl.hub.card import CARD_NAME, read_saved, render_card
+from aim_icl.hub.push import push_projector_to_hub
 from aim_icl.testing.tiny import tiny_image
 from aim_icl.world.checkpoint import PROJECTOR_DIR, check_fingerprint
 
@@ -111,7 +112,7 @@ def test_a_projector_loads_by_repo_id_and_revision_from_the_offline_cache(saved_
     zeros = {k: torch.zeros_like(v) for k, v in saved_llava.aim.projector.state_dict().items()}
     cache_repo(hub_cache, "org/proj", {**trained, WEIGHTS_NAME: save(zeros)}, MAIN)
     cache_repo(hub_cache, "org/proj", trained, V1, refs=("v1",))
-    aim = AIM.from_pretrained(saved_llava.model, projector="org/proj", revision="v1")
+    aim = AIM.from_pretrained(saved_llava.model, projector="org/proj", projector_revision="v1")
     assert same_weights(aim.projector, saved_llava.aim.projector)
     model, processor = saved_llava.aim.model, load_processor(saved_llava.model)
     assert same_weights(AIM(model, processor, projector="org/proj@v1").projector, saved_llava.aim.projector)
@@ -121,7 +122,7 @@ def test_a_projector_loads_by_repo_id_and_revision_from_the_offline_cache(saved_
 def test_a_revision_not_in_the_offline_cache_is_one_clear_line(saved_llava, hub_cache):
     cache_repo(hub_cache, "org/proj", projector_files(saved_llava.projector), MAIN, refs=("main", "v1"))
     with pytest.raises(AIMError) as error:
-        AIM.from_pretrained(saved_llava.model, projector="org/proj", revision="v2")
+        AIM.from_pretrained(saved_llava.model, projector="org/proj", projector_revision="v2")
     message = str(error.value)
     assert "\n" not in message
     assert (
@@ -164,10 +165,10 @@ def test_projector_flag_takes_a_repo_id_on_model_and_world_verbs(saved_llava, hu
 
 
 def test_a_local_path_and_a_revision_do_not_mix(saved_llava):
-    with pytest.raises(AIMError, match="revision='v1' is for a Hub projector"):
-        AIM.from_pretrained(saved_llava.model, projector=saved_llava.projector, revision="v1")
+    with pytest.raises(AIMError, match="projector_revision='v1' is for a Hub projector"):
+        AIM.from_pretrained(saved_llava.model, projector=saved_llava.projector, projector_revision="v1")
     with pytest.raises(AIMError, match="give the revision of org/proj once"):
-        AIM.from_pretrained(saved_llava.model, projector="org/proj@v1", revision="v2")
+        AIM.from_pretrained(saved_llava.model, projector="org/proj@v1", projector_revision="v2")
 
 
 # -- model cards -----------------------------------------------------------------------------------------------
@@ -256,7 +257,7 @@ def test_the_shipped_world_projector_has_its_card_naming_the_shipped_backbone():
 
 
 def test_push_from_python_commits_weights_config_and_card(saved_llava, recorded_hub):
-    url = saved_llava.aim.push_projector_to_hub("org/proj", private=True, commit_message="first")
+    url = push_projector_to_hub(saved_llava.aim, "org/proj", private=True, commit_message="first")
     assert url.endswith(f"/commit/{MAIN}")
     (_, repo, repo_kwargs), (_, (repo_id, files), commit_kwargs) = recorded_hub
     assert repo == ("org/proj",) and repo_kwargs == {"private": True, "exist_ok": True}

@@ -9,7 +9,8 @@ import torch
 from conftest import make_demos, tiny_aim
 
 from aim_icl import AIM, AIMError, Demo
-from aim_icl.core.projector import CONFIG_NAME, LinearProjector, ResidualProjector, ridge_fit
+from aim_icl.core.projector import LinearProjector, ResidualProjector, ridge_fit
+from aim_icl.core.projector_config import CONFIG_NAME
 from aim_icl.testing.tiny import build_tiny, tiny_image
 
 

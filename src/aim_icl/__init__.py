@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     "AIM": "aim_icl.core.aim",
-    "MODES": "aim_icl.core.aim",
+    "MODES": "aim_icl.core.modes",
     "AIMError": "aim_icl.errors",
     "Demo": "aim_icl.core.demo",
     "DemoBank": "aim_icl.bank",
@@ -40,8 +40,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from aim_icl.bank import DemoBank
-    from aim_icl.core.aim import AIM, MODES
+    from aim_icl.core.aim import AIM
     from aim_icl.core.demo import Demo, DemoStates, Query, load_image
+    from aim_icl.core.modes import MODES
     from aim_icl.core.prefix_cache import PrefixCache
     from aim_icl.core.prompt import PromptTemplate
     from aim_icl.errors import AIMError

@@ -13,6 +13,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from aim_icl.commands._model import add_output_argument
 from aim_icl.errors import AIMError
 
 
@@ -33,13 +34,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _add_pretrain(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, required=True, help="directory for the model + processor (HF format)")
+    add_output_argument(
+        p, "directory for the model + processor (HF format)", old="--out", required=True, type=Path
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vision-steps", type=int, help="stage 1 steps (default: the recipe's)")
     p.add_argument(
         "--lm-steps", type=int, help="stage 2 steps, the curriculum scaled to them (default: 4500)"
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model in --output")
     _add_threads(p)
 
 
@@ -47,9 +50,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     from aim_icl.world.checkpoint import save_model
     from aim_icl.world.pretrain import PretrainConfig, pretrain
 
-    if (args.out / "config.json").exists() and not args.overwrite:
+    if (args.output / "config.json").exists() and not args.overwrite:
         raise AIMError(
-            f"{args.out} already holds a model; pass --overwrite to replace it or choose another --out"
+            f"{args.output} already holds a model; pass --overwrite to replace it or choose another --output"
         )
     config = PretrainConfig(seed=args.seed)
     if args.vision_steps is not None:
@@ -57,8 +60,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.lm_steps is not None:
         config = config.with_lm_steps(args.lm_steps)
     model, processor, record = pretrain(config)
-    save_model(model, processor, args.out, record)
-    print(json.dumps(record["metrics"]), f"({record['seconds']:.0f} s) -> {args.out}")
+    save_model(model, processor, args.output, record)
+    print(json.dumps(record["metrics"]), f"({record['seconds']:.0f} s) -> {args.output}")
     return 0
 
 
@@ -71,7 +74,7 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", choices=list(CORPORA), default="interleaved")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=1000, help="number of documents")
-    p.add_argument("--out", type=Path, required=True, help="directory for <corpus>.jsonl and images/")
+    add_output_argument(p, "directory for <corpus>.jsonl and images/", old="--out", required=True, type=Path)
     _add_threads(p)
 
 
@@ -80,7 +83,7 @@ def _data(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise AIMError("--n must be at least 1")
-    print(export_corpus(args.corpus, args.seed, args.n, args.out))
+    print(export_corpus(args.corpus, args.seed, args.n, args.output))
     return 0
 
 

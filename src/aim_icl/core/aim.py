@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,18 +12,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from aim_icl.core.backbone import Backbone, resolve_backbone
-from aim_icl.core.demo import Demo, DemoStates, Query
+from aim_icl.core.backbone import Backbone, accept_inputs_embeds, resolve_backbone
+from aim_icl.core.batching import answer_ids, generate_batch, score_batch
+from aim_icl.core.demo import Demo, DemoStates, Query, as_queries, per_query
+from aim_icl.core.hub_files import HubSource, hub_source
 from aim_icl.core.loading import load_model, load_processor
-from aim_icl.core.modes import MODES, mode_of  # noqa: F401  (MODES re-exported: callers import it from here)
+from aim_icl.core.modes import mode_of
 from aim_icl.core.pipeline import PreparePool, default_workers, release_memory
-from aim_icl.core.projector import (
-    ProjectorConfig,
-    build_projector,
-    load_projector,
-    projector_config,
-    save_projector,
-)
+from aim_icl.core.projector import build_projector, load_projector, projector_config, save_projector
+from aim_icl.core.projector_config import ProjectorConfig
 from aim_icl.core.prompt import Encoded, PromptEncoder, PromptTemplate
 from aim_icl.errors import AIMError
 
@@ -49,13 +44,14 @@ class AIM:
         self,
         model: nn.Module,
         processor: Any,
-        projector: nn.Module | str | Path | None = None,
+        projector: nn.Module | str | Path | HubSource | None = None,
         template: PromptTemplate | None = None,
         layer: int | None = None,
         projector_name: str = "gated",
         projector_options: dict | None = None,
     ):
         self.model = model.eval().requires_grad_(False)
+        accept_inputs_embeds(model)  # so `model.generate(**aim.build_inputs(...))` works on every family
         self.backbone: Backbone = resolve_backbone(model, processor)
         self.template = template or default_template(processor, self.backbone)
         self.encoder = PromptEncoder(processor, self.backbone.layout, self.template)
@@ -65,7 +61,7 @@ class AIM:
         )
         if projector is None:
             projector = build_projector(self.projector_config)
-        elif isinstance(projector, (str, Path)):
+        elif isinstance(projector, (str, Path, HubSource)):
             projector, self.projector_config = load_projector(projector, self.backbone.signature)
             if layer is not None and layer != self.projector_config.layer:
                 raise AIMError(
@@ -83,50 +79,42 @@ class AIM:
         cls,
         model_id_or_dir: str | Path,
         projector: str | Path | None = None,
+        *,
         revision: str | None = None,
+        projector_revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        trust_remote_code: bool = False,
+        local_files_only: bool = False,
+        subfolder: str = "",
         **hf_kwargs,
     ) -> AIM:
-        """Load model and processor from a hub id or directory, then wrap them.
+        """Load model and processor from a Hub id or directory, as transformers does, then wrap them.
 
-        `projector`: a directory written by `save_projector`, or a Hugging Face Hub repo `org/name` (None: a fresh
-        one); `revision`: that repo's branch, tag or commit (or spell it `org/name@revision`). A Hub projector's
-        config is checked against the backbone before its weights are fetched. The keyword arguments
-        `template`, `layer`, `projector_name` and `projector_options` are `AIM`'s own; every other keyword goes to
-        `AutoModelForImageTextToText.from_pretrained` (e.g. `dtype`, `device_map`).
+        `revision`, `token`, `cache_dir`, `trust_remote_code`, `local_files_only` and `subfolder` mean what they
+        mean to transformers' `from_pretrained` and reach the model and its processor alike (one revision of one
+        repo). `projector`: a directory written by `save_projector`, or a Hub repo `org/name` (None: a fresh one);
+        `projector_revision`: that repo's branch, tag or commit (or spell it `org/name@revision`); it is fetched
+        with the same `token`, `cache_dir` and `local_files_only`, and its config is checked against the backbone
+        before its weights are fetched. The keyword arguments `template`, `layer`, `projector_name` and
+        `projector_options` are `AIM`'s own; every other keyword goes to the model's `from_pretrained` alone
+        (e.g. `dtype`, `device_map`, `attn_implementation`).
         """
-        from aim_icl.hub.resolve import REVISION_MARK, hub_source
-
-        if projector is None and revision is not None:
-            raise AIMError(f"revision={revision!r} is a Hub projector's revision, and no projector was given")
-        hub = None if projector is None else hub_source(projector, revision)  # bad input fails before loading
-        if hub is not None and hub.revision:
-            projector = f"{hub.repo_id}{REVISION_MARK}{hub.revision}"
+        if projector is None and projector_revision is not None:
+            raise AIMError(
+                f"projector_revision={projector_revision!r} is a Hub projector's, and no projector was given"
+            )
+        access = {"token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
+        if projector is not None:  # bad input fails before loading
+            projector = hub_source(projector, projector_revision, **access) or projector
         own = ("template", "layer", "projector_name", "projector_options")
         aim_kwargs = {k: hf_kwargs.pop(k) for k in own if k in hf_kwargs}
-        model = load_model(model_id_or_dir, **hf_kwargs)
-        return cls(model, load_processor(model_id_or_dir), projector=projector, **aim_kwargs)
+        hub = {**access, "revision": revision, "trust_remote_code": trust_remote_code, "subfolder": subfolder}
+        model = load_model(model_id_or_dir, **hub, **hf_kwargs)
+        return cls(model, load_processor(model_id_or_dir, **hub), projector=projector, **aim_kwargs)
 
     def save_projector(self, directory: str | Path) -> Path:
         return save_projector(self.projector, self.projector_config, directory)
-
-    def push_projector_to_hub(
-        self, repo_id: str, private: bool | None = None, commit_message: str | None = None, **push_kwargs
-    ) -> str:
-        """Upload the projector to the Hub repo `repo_id` (created if missing) in one commit: its weights, its
-        config and a model card naming this backbone with its fingerprint. Returns the commit's URL.
-
-        `push_kwargs` go to `aim_icl.hub.push.push_projector`: `revision`, `token` (default: `HF_TOKEN` or
-        `hf auth login`), `base_model`, and for the card `results` (`aim-icl eval` rows) and `datasets`.
-        """
-        import tempfile
-
-        from aim_icl.bank.fingerprint import backbone_fingerprint
-        from aim_icl.hub.push import push_projector
-
-        push_kwargs.setdefault("fingerprint", backbone_fingerprint(self))
-        with tempfile.TemporaryDirectory() as directory:
-            self.save_projector(directory)
-            return push_projector(directory, repo_id, private, commit_message, **push_kwargs)
 
     # -- reading demonstrations -------------------------------------------------------------------------------
 
@@ -147,13 +135,13 @@ class AIM:
         states: list[DemoStates] = []
         bar = tqdm(total=len(demos), desc="reading demos", unit="demo", disable=not progress)
         for batch, encoded in zip(batches, prepared):
-            states += self.read_states(batch, encoded)
+            states += self._read_prepared(batch, encoded)
             bar.update(len(batch))
         bar.close()
         return states
 
     @torch.no_grad()
-    def read_states(self, demos: Sequence[Demo], encoded: Encoded) -> list[DemoStates]:
+    def _read_prepared(self, demos: Sequence[Demo], encoded: Encoded) -> list[DemoStates]:
         """The states of demos whose reading `encoder.prepare_reading(demos)` prepared (in halves on out-of-memory)."""
         try:
             hidden = self._hidden_states(encoded.inputs)  # (B, T, hidden)
@@ -164,7 +152,7 @@ class AIM:
             half = len(demos) // 2
             logger.warning("out of memory reading %d demos at once: reading halves", len(demos))
             return [
-                s for part in (demos[:half], demos[half:]) for s in self.read_states(part, self.encoder.prepare_reading(part))
+                s for part in (demos[:half], demos[half:]) for s in self._read_prepared(part, self.encoder.prepare_reading(part))
             ]  # fmt: skip
         states = []
         for row, demo in enumerate(demos):
@@ -314,42 +302,64 @@ class AIM:
         return self.model(**inputs, **kwargs)
 
     @torch.no_grad()
-    def score(
-        self, image, text: str, candidates: Sequence[str], demos: Iterable[DemoLike] = (), mode: str = "aim"
-    ) -> torch.Tensor:
-        """Log-likelihood of each candidate answer after the prompt, summed over its tokens: (n_candidates,).
-
-        For closed answer sets (classification, ROC-AUC from yes/no scores); the prompt is read once for all
-        candidates (`core.batching.score_batch`).
-        """
-        from aim_icl.core.batching import score_batch
-
-        inputs = self.build_inputs(image, text, demos, mode)
-        answers = [self.encoder.query_answer_ids(text, c) for c in candidates]
-        return score_batch(self, [inputs], [answers])[0]
-
-    @torch.no_grad()
     def generate(
         self,
         image,
-        text: str,
-        demos: Iterable[DemoLike] = (),
+        text: str | Sequence[str] | None = None,
+        demos: Iterable[DemoLike] | Sequence[Sequence[DemoLike]] = (),
         mode: str = "aim",
         max_new_tokens: int = 32,
-        **kwargs,
-    ) -> str:
-        """Answer the query; returns the new tokens only, decoded."""
-        return self.generate_from(self.build_inputs(image, text, demos, mode), max_new_tokens, **kwargs)
+        batch_size: int = 8,
+        **generate_kwargs,
+    ) -> str | list[str]:
+        """Answer one query, or a list of queries batched; returns the new tokens only, decoded (greedy unless
+        `generate_kwargs`, which go to `model.generate`, say otherwise).
+
+        One query: `generate(image, text, demos)` or `generate(Query(image, text, demos))` -> str. Several:
+        `generate([Query, ...])` or `generate(images, texts, demos)` with `demos` one list shared by every query
+        or one list per query -> list[str], in order, equal to answering each alone. Queries go through the model
+        `batch_size` at a time, in left-padded batches (`core.batching`, as the evaluation harness runs them).
+        With `num_return_sequences=n`, each query's answer is a list of n.
+        """
+        queries, single = as_queries(image, text, demos)
+        n = generate_kwargs.get("num_return_sequences", 1)
+        answers: list = [None] * len(queries)
+        for rows in _batches(queries, batch_size):
+            inputs = self.build_batch([queries[i] for i in rows], mode)
+            texts = generate_batch(self, [inputs], max_new_tokens=max_new_tokens, **generate_kwargs)
+            for j, i in enumerate(rows):
+                answers[i] = texts[j] if n == 1 else texts[j * n : (j + 1) * n]
+        return answers[0] if single else answers
+
+    @torch.no_grad()
+    def score(
+        self,
+        image,
+        text: str | Sequence[str] | None = None,
+        candidates: Sequence[str] | Sequence[Sequence[str]] = (),
+        demos: Iterable[DemoLike] | Sequence[Sequence[DemoLike]] = (),
+        mode: str = "aim",
+        batch_size: int = 8,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Log-likelihood of each candidate answer after the prompt, summed over its tokens: (n_candidates,).
+
+        For closed answer sets (classification, ROC-AUC from yes/no scores). Queries are given as to `generate`;
+        for several, `candidates` is one list for every query or one list per query, and the result one tensor per
+        query. Each prompt is read once for all its candidates (`core.batching.score_batch`).
+        """
+        queries, single = as_queries(image, text, demos)
+        answers = [answer_ids(self, q.text, c) for q, c in zip(queries, per_query(candidates, len(queries)))]
+        scores: list = [None] * len(queries)
+        for rows in _batches(queries, batch_size):
+            inputs = self.build_batch([queries[i] for i in rows], mode)
+            for i, values in zip(rows, score_batch(self, [inputs], [answers[i] for i in rows])):
+                scores[i] = values
+        return scores[0] if single else scores
 
     @torch.no_grad()
     def generate_from(self, inputs: dict[str, torch.Tensor], max_new_tokens: int = 32, **kwargs) -> str:
-        """Answer from inputs `build_inputs` made (greedy by default); returns the new tokens only, decoded."""
-        kwargs.setdefault("do_sample", False)
-        kwargs.setdefault("pad_token_id", self.encoder.pad_id)
-        with forwarding_inputs_embeds(self.model):
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
-        new_tokens = output[0, inputs["input_ids"].shape[1] :]
-        return self.encoder.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+        """Answer from one query's inputs that `build_inputs` made (greedy by default); new tokens only, decoded."""
+        return generate_batch(self, [inputs], max_new_tokens=max_new_tokens, **kwargs)[0]
 
     # -- internals ----------------------------------------------------------------------------------------------
 
@@ -382,26 +392,15 @@ def reads_text(projector: nn.Module) -> bool:
     return getattr(getattr(projector, "module", projector), "reads_text", False)
 
 
-@contextmanager
-def forwarding_inputs_embeds(model: nn.Module) -> Iterator[None]:
-    """Let `generate` accept `inputs_embeds` on models whose `prepare_inputs_for_generation` override hides it.
-
-    `generate` checks that signature for an `inputs_embeds` parameter; overrides that take `**kwargs` (PaliGemma,
-    Gemma 3) already pass it on to the base implementation, which uses it on the first step.
-    """
-    original = model.prepare_inputs_for_generation
-    if "inputs_embeds" in inspect.signature(original).parameters:
-        yield
-        return
-
-    def prepare(input_ids, inputs_embeds=None, **kwargs):
-        return original(input_ids, inputs_embeds=inputs_embeds, **kwargs)
-
-    model.prepare_inputs_for_generation = prepare
-    try:
-        yield
-    finally:
-        del model.prepare_inputs_for_generation  # back to the class method
+def _batches(queries: Sequence[Query], size: int) -> list[list[int]]:
+    """The queries' indices in batches of at most `size`; queries with an image and without one apart (a
+    processor call takes prompts of one kind)."""
+    if size < 1:
+        raise AIMError(f"batch_size must be at least 1, not {size}")
+    kinds: dict[bool, list[int]] = {}
+    for i, query in enumerate(queries):
+        kinds.setdefault(query.image is None, []).append(i)
+    return [rows[s : s + size] for rows in kinds.values() for s in range(0, len(rows), size)]
 
 
 def default_template(processor, backbone: Backbone) -> PromptTemplate:

@@ -8,13 +8,14 @@ A family entry in `FAMILIES` says only what differs from that convention.
 from __future__ import annotations
 
 import inspect
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from aim_icl.core.projector import BackboneSignature
+from aim_icl.core.projector_config import BackboneSignature
 from aim_icl.errors import AIMError
 from aim_icl.registry import Registry
 
@@ -126,6 +127,22 @@ def resolve_backbone(model: nn.Module, processor) -> Backbone:
         ),
         rope_index=getattr(inner, "get_rope_index", None) or getattr(model, "get_rope_index", None),
     )
+
+
+def accept_inputs_embeds(model: nn.Module) -> None:
+    """Let `model.generate` take `inputs_embeds` where the class's `prepare_inputs_for_generation` hides it.
+
+    `generate` looks for an `inputs_embeds` parameter in that method's signature; the overrides of PaliGemma and
+    Gemma 3 take it through `**kwargs` and pass it on to the base implementation, which uses it on the first
+    step. The model instance gets a method with the parameter spelled out, once (a bound method: a deep copy of
+    the model rebinds it to the copy).
+    """
+    if "inputs_embeds" not in inspect.signature(model.prepare_inputs_for_generation).parameters:
+        model.prepare_inputs_for_generation = types.MethodType(_prepare_with_embeds, model)
+
+
+def _prepare_with_embeds(self, input_ids, inputs_embeds=None, **kwargs):
+    return type(self).prepare_inputs_for_generation(self, input_ids, inputs_embeds=inputs_embeds, **kwargs)
 
 
 def _first_attr(obj, *names):

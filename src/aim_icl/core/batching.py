@@ -1,7 +1,11 @@
-"""Many queries through the model at once: collate per-query `aim.build_inputs(...)` outputs, generate, score.
+"""Many queries through the model at once: collate `aim.build_inputs` / `build_batch` outputs, generate, score.
 
-Each query is built alone (its own processor call, its own demos), so a batch can mix prompts of any length, image
-count and mode; this module only stacks them. Per-token tensors (`input_ids`, `inputs_embeds`, `attention_mask`,
+The one generation path: `AIM.generate` and `AIM.score`, the evaluation harness (`eval.answer`) and the server
+all answer through `generate_batch` / `generate_reading` and score through `score_batch` / `score_read`. It takes
+the `AIM` as an argument and imports nothing of it (`AIMLike`), so `core.aim` can call it without a circle.
+
+Inputs may come from one call for many queries or from separate calls (each its own processor call, its own
+demos), so a batch can mix prompts of any length, image count and mode; this module only stacks them. Per-token tensors (`input_ids`, `inputs_embeds`, `attention_mask`,
 `token_type_ids`, `mm_token_type_ids`, `labels`) are padded along the sequence, on the left by default: every row
 ends in the last column, where generation appends and where scored answers sit. Every other tensor (`pixel_values`, `image_sizes`, `image_grid_thw`, `pixel_attention_mask`, ...) is concatenated
 along its first dimension, zero-padded in its other dimensions where rows differ: that is what the families'
@@ -18,21 +22,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from aim_icl.core.aim import AIM, forwarding_inputs_embeds
-from aim_icl.core.prompt import is_per_token
+from aim_icl.core.backbone import Backbone
+from aim_icl.core.prompt import PromptEncoder, is_per_token
 from aim_icl.errors import AIMError
+
+
+class AIMLike(Protocol):
+    """What batching uses of an `aim_icl.AIM` (whose `generate` and `score` call this module)."""
+
+    model: nn.Module
+    backbone: Backbone
+    encoder: PromptEncoder
+
+    def forward(self, inputs: dict[str, torch.Tensor], **kwargs) -> Any: ...
+
 
 # The fill of each per-token key in padded positions (others: 0); `input_ids` takes the encoder's pad id.
 _FILL = {"labels": -100}
 
 
 def collate(
-    aim: AIM,
+    aim: AIMLike,
     inputs_list: Sequence[dict[str, torch.Tensor]],
     padding_side: str = "left",
     positions: bool = False,
@@ -64,7 +80,9 @@ def collate(
 
 
 @torch.no_grad()
-def generate_batch(aim: AIM, inputs_list: Sequence[dict[str, torch.Tensor]], **generate_kwargs) -> list[str]:
+def generate_batch(
+    aim: AIMLike, inputs_list: Sequence[dict[str, torch.Tensor]], **generate_kwargs
+) -> list[str]:
     """Answer every query in one left-padded `generate` call; new tokens only, decoded as `aim.generate` does.
 
     `generate_kwargs` go to `model.generate` (greedy and `max_new_tokens=32` unless given; sampling settings, a
@@ -86,7 +104,7 @@ class ReadPrompts:
 
 @torch.no_grad()
 def generate_reading(
-    aim: AIM, inputs_list: Sequence[dict[str, torch.Tensor]], keep: bool = True, **generate_kwargs
+    aim: AIMLike, inputs_list: Sequence[dict[str, torch.Tensor]], keep: bool = True, **generate_kwargs
 ) -> tuple[list[str], ReadPrompts | None]:
     """`generate_batch`, also keeping the prompts as generation read them (`keep`, greedy only): candidates can
     then be scored on them (`score_read`) without reading the prompts again. None where the cache cannot be cut
@@ -97,8 +115,7 @@ def generate_reading(
     if keep:
         generate_kwargs.update(return_dict_in_generate=True, output_logits=True)
     batch = collate(aim, inputs_list, padding_side="left")
-    with forwarding_inputs_embeds(aim.model):
-        output = aim.model.generate(**batch, **generate_kwargs)
+    output = aim.model.generate(**batch, **generate_kwargs)
     sequences = getattr(output, "sequences", output)  # a dict with return_dict_in_generate=True
     width = batch["input_ids"].shape[1]
     new_tokens = sequences[:, width:]  # (B * n, new)
@@ -116,14 +133,14 @@ def generate_reading(
     return texts, ReadPrompts(batch, output.logits[0].float().log_softmax(-1), cache)
 
 
-def answer_ids(aim: AIM, text: str, candidates: Sequence[str]) -> list[torch.Tensor]:
+def answer_ids(aim: AIMLike, text: str, candidates: Sequence[str]) -> list[torch.Tensor]:
     """Each candidate answer's tokens as they follow the query `text` in the prompt (what generation produces)."""
     return [aim.encoder.query_answer_ids(text, c) for c in candidates]
 
 
 @torch.no_grad()
 def score_batch(
-    aim: AIM,
+    aim: AIMLike,
     prompts: Sequence[dict[str, torch.Tensor]],
     answers: Sequence[Sequence[torch.Tensor]],
     max_rows: int | None = None,
@@ -148,13 +165,17 @@ def score_batch(
 
 
 @torch.no_grad()
-def score_read(aim: AIM, read: ReadPrompts, answers: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+def score_read(
+    aim: AIMLike, read: ReadPrompts, answers: Sequence[Sequence[torch.Tensor]]
+) -> list[torch.Tensor]:
     """`score_batch` on prompts generation already read (`generate_reading`): `answers[i]` for row i. Uses up
     `read`'s cache."""
     return _score_answers(aim, read.batch, read.first, read.cache, answers)
 
 
-def _score_group(aim: AIM, prompts: list[dict], answers: list[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+def _score_group(
+    aim: AIMLike, prompts: list[dict], answers: list[Sequence[torch.Tensor]]
+) -> list[torch.Tensor]:
     batch = collate(aim, prompts, padding_side="left", positions=True)
     out = aim.forward(batch, use_cache=True, logits_to_keep=1)
     first = out.logits[:, -1].float().log_softmax(-1)  # (B, vocab): each prompt's next-token distribution
@@ -162,7 +183,7 @@ def _score_group(aim: AIM, prompts: list[dict], answers: list[Sequence[torch.Ten
 
 
 def _score_answers(
-    aim: AIM, batch: dict, first: torch.Tensor, cache, answers: Sequence[Sequence[torch.Tensor]]
+    aim: AIMLike, batch: dict, first: torch.Tensor, cache, answers: Sequence[Sequence[torch.Tensor]]
 ) -> list[torch.Tensor]:
     """Each row's candidates read on a copy of its prompt's cache (`first`: the prompts' next-token log-probs)."""
     device = first.device
@@ -180,7 +201,7 @@ def _score_answers(
 
 
 def _answer_inputs(
-    aim: AIM, batch: dict, owner: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor
+    aim: AIMLike, batch: dict, owner: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor
 ) -> dict:
     """Model inputs for the answers' tokens after their cached prompts: mask over prompt and answer, positions
     counting on from the prompt's last one (all M-RoPE sections alike, as for text after an image), and every other
@@ -217,7 +238,7 @@ def _same_keys(inputs_list: Sequence[dict]) -> Sequence[dict]:
     return inputs_list
 
 
-def _with_embeds(aim: AIM, inputs: dict) -> dict:
+def _with_embeds(aim: AIMLike, inputs: dict) -> dict:
     """When any query carries fused vectors, the others get their plain embeddings (what the model would compute)."""
     if "inputs_embeds" in inputs:
         return inputs
@@ -242,7 +263,7 @@ def _align(inputs: dict, side: str) -> dict:
     return out
 
 
-def _pad_tokens(aim: AIM, key: str, value: torch.Tensor, width: int, side: str) -> torch.Tensor:
+def _pad_tokens(aim: AIMLike, key: str, value: torch.Tensor, width: int, side: str) -> torch.Tensor:
     """Pad (B, T, ...) to (B, width, ...) along T; padded embeddings are the pad token's own."""
     missing = width - value.shape[1]
     if missing == 0:
@@ -268,7 +289,7 @@ def _pad_trailing(values: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-def _positions(aim: AIM, batch: dict) -> torch.Tensor:
+def _positions(aim: AIMLike, batch: dict) -> torch.Tensor:
     if aim.backbone.rope_index is not None:
         return aim.backbone.positions(batch)  # (3, B, T): the rope index reads the attention mask
     mask = batch["attention_mask"].long()
@@ -289,7 +310,7 @@ def _groups(prompts: list[tuple[dict, list]], max_rows: int | None) -> list[list
     return groups
 
 
-def eos_ids(aim: AIM, eos=None) -> set[int]:
+def eos_ids(aim: AIMLike, eos=None) -> set[int]:
     """Every token that ends an answer: `eos` when given (a `generate` argument), else the generation config's
     end tokens and the tokenizer's."""
     if eos is None:
@@ -303,7 +324,7 @@ def eos_ids(aim: AIM, eos=None) -> set[int]:
     return {int(i) for i in (ids if extra is None else ids | {extra})}
 
 
-def _decode(aim: AIM, tokens: torch.Tensor, stops: set[int], pad_id: int) -> str:
+def _decode(aim: AIMLike, tokens: torch.Tensor, stops: set[int], pad_id: int) -> str:
     """A row's tokens up to its first end-of-sequence token; the pads `generate` writes after a row finished go."""
     ids = tokens.tolist()
     end = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))

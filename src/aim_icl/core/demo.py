@@ -61,6 +61,43 @@ class Query:
     target: str | None = None
 
 
+def as_queries(image, text: str | Sequence[str] | None, demos: Sequence = ()) -> tuple[list[Query], bool]:
+    """The queries a call names, and whether it named one query (answered with one value, not a list).
+
+    One: `(image, text, demos)` or a `Query`. Several: a list of `Query`s, or a list of images with a list of
+    texts (images None: text only), where `demos` is one list for every query or one list per query.
+    """
+    if isinstance(image, Query) or (
+        isinstance(image, (list, tuple)) and image and isinstance(image[0], Query)
+    ):
+        if text is not None or len(demos):
+            raise AIMError("give queries as Query objects (with their demos) or as image and text, not both")
+        queries = [image] if isinstance(image, Query) else list(image)
+        if not all(isinstance(q, Query) for q in queries):
+            raise AIMError("a list of queries holds Query objects only")
+        return queries, isinstance(image, Query)
+    if isinstance(text, str):
+        if isinstance(image, (list, tuple)):
+            raise AIMError("one text with a list of images: give one text per image (a list), or one image")
+        return [Query(image, text, list(demos))], True
+    if not isinstance(text, (list, tuple)):
+        raise AIMError(f"text must be a string or a list of strings, not {type(text).__name__}")
+    images = [None] * len(text) if image is None else list(image)
+    if len(images) != len(text):
+        raise AIMError(f"give one image per text: {len(images)} images, {len(text)} texts")
+    return [Query(i, t, d) for i, t, d in zip(images, text, per_query(demos, len(text)))], False
+
+
+def per_query(values: Sequence, n: int) -> list[list]:
+    """`values` for each of n queries: one list per query (a list of n lists) or one list shared by all."""
+    values = list(values)
+    if values and all(isinstance(v, (list, tuple)) for v in values):
+        if len(values) != n:
+            raise AIMError(f"give one list per query or one list for all: {len(values)} lists, {n} queries")
+        return [list(v) for v in values]
+    return [values] * n
+
+
 def load_image(image: ImageSource) -> Image.Image:
     """Open an image and convert it to 8-bit RGB: palette, alpha, grey and 16-bit images are converted.
 

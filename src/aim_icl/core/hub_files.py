@@ -1,14 +1,14 @@
 """Telling a Hub repo id from a local directory, and fetching one file of a repo through `huggingface_hub`.
 
 Files come through `huggingface_hub` itself: its cache layout, offline mode, and tokens from the usual places
-(`HF_TOKEN`, `hf auth login`). Offline mode and the cache folder are also read from the environment at call time:
-`huggingface_hub` reads them once, at import, and a program (or a test) may set them later.
+(`HF_TOKEN`, `hf auth login`) unless a `token` is given. Offline mode and the cache folder are also read from the
+environment at call time: `huggingface_hub` reads them once, at import, and a program (or a test) may set them later.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aim_icl.errors import AIMError
@@ -18,15 +18,22 @@ REVISION_MARK = "@"  # `org/name@revision`, as huggingface_hub's HfFileSystem sp
 
 @dataclass(frozen=True)
 class HubSource:
-    """A projector's Hub repo, the revision to read (None: the default branch) and how errors name it."""
+    """A Hub repo, the revision to read (None: the default branch), how errors name it, and how to reach it:
+    `token`, `cache_dir` and `local_files_only` mean what they mean to transformers' `from_pretrained`."""
 
     repo_id: str
     revision: str | None = None
     label: str = ""
+    token: str | bool | None = field(default=None, repr=False)
+    cache_dir: str | Path | None = None
+    local_files_only: bool = False
 
     def at(self, revision: str) -> HubSource:
         """The same source pinned to `revision` (the commit a first file came from), named as before."""
         return replace(self, revision=revision)
+
+    def __str__(self) -> str:
+        return self.label
 
 
 def is_repo_id(text: str) -> bool:
@@ -43,22 +50,35 @@ def is_repo_id(text: str) -> bool:
     return True
 
 
-def hub_source(source: str | Path, revision: str | None = None) -> HubSource | None:
+def hub_source(
+    source: str | Path | HubSource,
+    revision: str | None = None,
+    *,
+    token: str | bool | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool = False,
+) -> HubSource | None:
     """The Hub repo that `source` names (`org/name`, `org/name@revision`, or `revision=`), or None for a local
-    path. An existing local path wins over a repo id of the same spelling."""
+    path. An existing local path wins over a repo id of the same spelling. A `HubSource` is returned as it is."""
+    if isinstance(source, HubSource):
+        return source
     text = str(source)
     repo_id, mark, pinned = text.partition(REVISION_MARK)
     if Path(text).exists() or not is_repo_id(repo_id):
         if revision is not None:
-            raise AIMError(f"revision={revision!r} is for a Hub projector (org/name), and {text} is not one")
+            raise AIMError(
+                f"projector_revision={revision!r} is for a Hub projector (org/name), and {text} is not one"
+            )
         return None
     if mark and (not pinned or revision not in (None, pinned)):
-        raise AIMError(f"give the revision of {repo_id} once: {text!r} with revision={revision!r}")
+        raise AIMError(f"give the revision of {repo_id} once: {text!r} with projector_revision={revision!r}")
     revision = pinned or revision
-    return HubSource(repo_id, revision, f"Hub repo {repo_id}" + (f"@{revision}" if revision else ""))
+    label = f"Hub repo {repo_id}" + (f"@{revision}" if revision else "")
+    return HubSource(repo_id, revision, label, token, cache_dir, local_files_only)
 
 
 def cache_dir() -> str:
+    """The Hub cache folder: `HF_HUB_CACHE` as the environment says now, else huggingface_hub's default."""
     from huggingface_hub import constants
 
     from_env = os.environ.get("HF_HUB_CACHE")
@@ -80,7 +100,8 @@ def fetch_file(source: HubSource, filename: str) -> Path:
 
     from aim_icl import __version__
 
-    cache, offline = cache_dir(), offline_mode()
+    cache = str(source.cache_dir) if source.cache_dir is not None else cache_dir()
+    offline = offline_mode()
     what = f"{filename} of {source.label}"
     try:
         path = hf_hub_download(
@@ -88,12 +109,19 @@ def fetch_file(source: HubSource, filename: str) -> Path:
             filename,
             revision=source.revision,
             cache_dir=cache,
-            local_files_only=offline,  # offline: never a request, even when set after huggingface_hub's import
+            token=source.token,
+            local_files_only=offline or source.local_files_only,  # offline: never a request
             library_name="aim-icl",
             library_version=__version__,
         )
     except hf.LocalEntryNotFoundError:
-        reason = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the Hub cannot be reached"
+        reason = (
+            "offline mode is on (HF_HUB_OFFLINE)"
+            if offline
+            else "local_files_only is set"
+            if source.local_files_only
+            else "the Hub cannot be reached"
+        )
         raise AIMError(
             f"{what} is not in the Hub cache {cache} and {reason}; {_cached_hint(source, cache)}"
         ) from None

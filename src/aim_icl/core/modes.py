@@ -19,11 +19,6 @@ class Mode:
         bool  # a fixed demo list's prompt prefix can be computed once (no demo image before the query)
     )
 
-    @property
-    def text_only(self) -> bool:
-        """Demos enter as their text tokens (text)."""
-        return self.demos and not self.demo_images and not self.fused
-
 
 MODE_TABLE = {
     m.name: m

@@ -22,7 +22,6 @@ the language model with `core.prefix_attention`, which builds no mask and attend
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 from collections.abc import Iterable
 
@@ -97,7 +96,7 @@ class PrefixCache:
             self._build(inputs, shared)
         if self._cache is None:
             return self.aim.generate_from(inputs, max_new_tokens, **kwargs)
-        kwargs[_cache_argument(self.aim.model)] = copy.deepcopy(self._cache)  # generate extends it in place
+        kwargs["cache"] = copy.deepcopy(self._cache)  # generate extends it in place
         with maskless_prefix_attention(self.aim.model):
             return self.aim.generate_from(inputs, max_new_tokens, **kwargs)
 
@@ -146,13 +145,7 @@ class PrefixCache:
         prefix["position_ids"] = (
             positions[..., :length] if positions is not None else torch.arange(length, device=device)[None]
         )
-        out = self.aim.model(**prefix, use_cache=True, logits_to_keep=1)
-        return out.cache if hasattr(out, "cache") else out.past_key_values
-
-
-def _cache_argument(model) -> str:
-    """The KV cache's keyword in this transformers version (`cache` from 5.x; `past_key_values` before)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        return self.aim.model(**prefix, use_cache=True, logits_to_keep=1).cache
 
 
 __all__ = ["CACHED_MODES", "PrefixCache"]

@@ -15,9 +15,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from aim_icl.core.projector_config import (  # noqa: F401  (re-exported: the names' historic home)
+from aim_icl.core.hub_files import HubSource, fetch_file, hub_source
+from aim_icl.core.projector_config import (
     CONFIG_NAME,
-    FORMAT_VERSION,
     WEIGHTS_NAME,
     BackboneSignature,
     ProjectorConfig,
@@ -161,16 +161,14 @@ def save_projector(projector: nn.Module, config: ProjectorConfig, directory: str
 
 
 def load_projector(
-    source: str | Path, expected: BackboneSignature, revision: str | None = None
+    source: str | Path | HubSource, expected: BackboneSignature, revision: str | None = None
 ) -> tuple[nn.Module, ProjectorConfig]:
-    """Load a saved projector from a local directory or a Hub repo (`org/name`, `org/name@revision` or
-    `revision=`), refusing one trained for another backbone.
+    """Load a saved projector from a local directory or a Hub repo (`org/name`, `org/name@revision`,
+    `revision=`, or a `HubSource` carrying token and cache options), refusing one trained for another backbone.
 
     From the Hub the config is fetched and checked first, so a projector for another backbone is refused before
     its weights are downloaded or read; the weights then come from the same commit as the config.
     """
-    from aim_icl.hub.resolve import fetch_file, hub_source
-
     hub = hub_source(source, revision)
     directory = Path(source) if hub is None else fetch_file(hub, CONFIG_NAME).parent
     config = load_projector_config(directory)

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aim_icl.core.hub_files import is_repo_id
 from aim_icl.errors import AIMError
 
 CONFIG_NAME = "projector_config.json"
@@ -44,8 +45,6 @@ class BackboneSignature:
 def hub_model_id(name: str | None) -> str | None:
     """`name` when it names a Hub repo (`org/name`, no local path), else None. A local path binds nothing: the
     same model is trained from `build/model` and loaded from `/abs/build/model` or another machine."""
-    from aim_icl.hub.resolve import is_repo_id
-
     return name if name and not Path(name).exists() and is_repo_id(name) else None
 
 

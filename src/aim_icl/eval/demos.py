@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from aim_icl.bank.cache import MEMORY, StatesCache
 from aim_icl.core.aim import AIM
 from aim_icl.core.demo import Demo, DemoStates
-from aim_icl.core.modes import mode_of
 from aim_icl.core.prompt import laid_out
 from aim_icl.eval.items import Item
-from aim_icl.eval.memory import synchronize
 from aim_icl.eval.task import Task
 
 
@@ -42,8 +39,7 @@ class DemoSource:
     """`text`/`icl` modes get `Demo` objects; `aim` gets cached `DemoStates` (pre-projector) from a `StatesCache`:
     the pool bank's when there is one (keyed by content), else one in memory keyed by pool index.
 
-    States are kept on the CPU, so GPU peak memory measures the prompts, not the cache; `encode_seconds` is the
-    time spent reading demos, reported apart from per-query latency.
+    States are kept on the CPU, so GPU peak memory measures the prompts, not the cache.
     """
 
     def __init__(
@@ -55,29 +51,19 @@ class DemoSource:
         batch_size: int = 8,
         workers: int = 0,
     ):
-        self.aim, self.task, self.pool = aim, task, pool
+        self.task, self.pool = task, pool
         store = MEMORY if bank is None else bank.bank
         self.cache = StatesCache(aim, store, batch_size=batch_size, remember=True, workers=workers)
         self._keys = list(range(len(pool))) if bank is None else bank.keys  # pool index -> cache key
         self._index = {key: i for i, key in enumerate(self._keys)}
-        self.encode_seconds = 0.0
-
-    def demos(self, indices: list[int], mode: str) -> list[Demo | DemoStates]:
-        if mode_of(mode).fused:
-            return self.states(indices)
-        return [self.task.demo(self.pool[i]) for i in indices]
 
     def layouts(self, indices: list[int], mode: str) -> list[Demo]:
         """The demos as a prompt lays them out: their texts, and their (unread) image sources in `icl` mode."""
         return laid_out([self.task.demo(self.pool[i]) for i in indices], mode)
 
     def states(self, indices: list[int]) -> list[DemoStates]:
-        start, read = time.perf_counter(), self.cache.read
-        states = self.cache.states_by_key([self._keys[i] for i in indices], self._demo)
-        if self.cache.read > read:  # demos were read through the backbone: not part of any query's latency
-            synchronize(self.aim.backbone.device)
-            self.encode_seconds += time.perf_counter() - start
-        return states
+        """The pool demos' states, read through the backbone (batched) where the cache lacks them."""
+        return self.cache.states_by_key([self._keys[i] for i in indices], self._demo)
 
     def _demo(self, key) -> Demo:
         return self.task.demo(self.pool[self._index[key]])

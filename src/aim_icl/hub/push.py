@@ -11,10 +11,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aim_icl.core.hub_files import is_repo_id, offline_mode
 from aim_icl.core.projector_config import CONFIG_NAME, WEIGHTS_NAME, hub_model_id
 from aim_icl.errors import AIMError
 from aim_icl.hub.card import CARD_NAME, SavedProjector, read_saved, render_card
-from aim_icl.hub.resolve import is_repo_id, offline_mode
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitOperationAdd
@@ -92,6 +92,26 @@ def push_projector(
         reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise AIMError(f"pushing to {repo_id} failed: {reason}") from None
     return info.commit_url
+
+
+def push_projector_to_hub(
+    aim, repo_id: str, private: bool | None = None, commit_message: str | None = None, **push_kwargs
+) -> str:
+    """Upload `aim`'s projector to the Hub repo `repo_id` (created if missing) in one commit: its weights, its
+    config and a model card naming the backbone with its fingerprint. Returns the commit's URL.
+
+    `push_kwargs` go to `push_projector`: `revision`, `token` (default: `HF_TOKEN` or `hf auth login`),
+    `base_model`, and for the card `results` (`aim-icl eval` rows) and `datasets`.
+    """
+    import tempfile
+
+    from aim_icl.bank.fingerprint import backbone_fingerprint  # torch: only when a loaded model is pushed
+
+    check_push_target(repo_id)  # before the fingerprint reads the weights
+    push_kwargs.setdefault("fingerprint", backbone_fingerprint(aim))
+    with tempfile.TemporaryDirectory() as directory:
+        aim.save_projector(directory)
+        return push_projector(directory, repo_id, private, commit_message, **push_kwargs)
 
 
 def check_push_target(repo_id: str) -> None:

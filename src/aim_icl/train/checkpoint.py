@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from aim_icl.core.projector import WEIGHTS_NAME, ProjectorConfig, save_projector
+from aim_icl.core.projector import save_projector
+from aim_icl.core.projector_config import WEIGHTS_NAME, ProjectorConfig
 from aim_icl.errors import AIMError
 
 CHECKPOINTS = "checkpoints"

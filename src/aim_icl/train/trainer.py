@@ -30,7 +30,8 @@ from aim_icl.core.dtypes import torch_dtype
 from aim_icl.core.loading import load_model, load_processor
 from aim_icl.core.pipeline import default_workers
 from aim_icl.core.placement import use_cpu
-from aim_icl.core.projector import CONFIG_NAME, save_projector
+from aim_icl.core.projector import save_projector
+from aim_icl.core.projector_config import CONFIG_NAME
 from aim_icl.core.prompt import Encoded, PromptEncoder, laid_out
 from aim_icl.errors import AIMError
 from aim_icl.train import checkpoint as ckpt

@@ -83,7 +83,7 @@ def load_shipped(
     wrote (`aim-icl world pretrain` for a model, `aim-icl train` or `save_projector` for a projector); a projector
     may also be a Hub repo id (`org/name[@revision]`)."""
     from aim_icl.core.aim import AIM
-    from aim_icl.hub.resolve import hub_source
+    from aim_icl.core.hub_files import hub_source
 
     model_dir = _checked(model, MODEL_DIR, "config.json", "world model", "aim-icl world pretrain --out")
     projector_dir = None
