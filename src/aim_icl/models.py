@@ -4,11 +4,6 @@
 from __future__ import annotations
 
 
-def fresh_projector(model: str | None, projector: str | None) -> bool:
-    """Whether `load_aim(model, projector)` gives an untrained projector (a model of the user's, no projector)."""
-    return model is not None and projector is None
-
-
 def load_aim(
     model: str | None,
     projector: str | None = None,

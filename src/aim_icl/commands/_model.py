@@ -8,7 +8,7 @@ import argparse
 from aim_icl.core.dtypes import FLOAT_DTYPES
 from aim_icl.core.placement import AUTO, DEVICE_HELP, DTYPE_HELP
 from aim_icl.errors import AIMError
-from aim_icl.models import fresh_projector, load_aim  # noqa: F401  (re-exported: the verbs load through here)
+from aim_icl.models import load_aim  # noqa: F401  (re-exported: the verbs load through here)
 
 MODEL_HELP = "model directory or hub id, loaded with transformers (default: the embedded world model)"
 
@@ -50,6 +50,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
@@ -84,6 +91,20 @@ def add_device_arguments(parser: argparse.ArgumentParser, dtype: bool = True) ->
 def add_alias(parser: argparse.ArgumentParser, flag: str, dest: str, **kwargs) -> None:
     """An old spelling of an option, kept working for one release and left out of --help."""
     parser.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+
+def add_output_argument(
+    parser: argparse.ArgumentParser, help: str, old: str | None = None, required: bool = False, **kwargs
+) -> None:
+    """--output: one spelling on every verb that writes files; `old`, its former spelling, still works (hidden)
+    for one release."""
+    where = (
+        parser.add_mutually_exclusive_group(required=True) if required else parser
+    )  # either spelling counts
+    where.add_argument("--output", help=help, **kwargs)
+    if old:
+        kwargs["default"] = argparse.SUPPRESS
+        where.add_argument(old, dest="output", help=argparse.SUPPRESS, **kwargs)
 
 
 def model_placement(args: argparse.Namespace) -> dict:
