@@ -156,3 +156,51 @@ def test_queries_of_one_batch_need_the_same_inputs():
         collate(aim, [aim.build_inputs(tiny_image(0), "what?"), aim.build_inputs(None, "what?")])
     with pytest.raises(AIMError, match="at least one"):
         generate_batch(aim, [])
+
+
+def test_aim_score_takes_a_list_and_scores_each_query_as_alone():
+    aim = tiny_aim("qwen2_vl")
+    asked = queries("aim")
+    candidates = [["yes", "no"], ["red cat"], ["a", "b", "c"]]
+    alone = [aim.score(image, text, c, demos, "aim") for (image, text, demos), c in zip(asked, candidates)]
+    listed = aim.score([Query(*q) for q in asked], candidates=candidates, mode="aim")
+    images, texts, demos = zip(*asked)
+    shared = aim.score(list(images), list(texts), ["yes", "no"], list(demos), mode="aim", batch_size=2)
+    assert len(listed) == len(shared) == len(asked)
+    for a, b in zip(alone, listed):  # another batch shape: float32 rounding only
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=2e-5)
+    torch.testing.assert_close(shared[0], alone[0], atol=1e-4, rtol=2e-5)
+    torch.testing.assert_close(
+        shared[2][:2], aim.score(*asked[2][:2], ["yes", "no"], asked[2][2]), atol=1e-4, rtol=0
+    )
+
+
+def test_a_list_may_mix_queries_with_and_without_an_image():
+    aim = tiny_aim("llava")
+    asked = [Query(tiny_image(1), "what?"), Query(None, "what is it?"), Query(tiny_image(2), "what is it?")]
+    alone = [aim.generate(q, mode="zero", max_new_tokens=4) for q in asked]
+    assert aim.generate(asked, mode="zero", max_new_tokens=4) == alone
+    beams = aim.generate(asked[:2], mode="zero", max_new_tokens=4, num_beams=2, num_return_sequences=2)
+    assert [len(b) for b in beams] == [2, 2]
+    assert beams[0] == generate_batch(
+        aim,
+        [aim.build_inputs(tiny_image(1), "what?", mode="zero")],
+        max_new_tokens=4,
+        num_beams=2,
+        num_return_sequences=2,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (([tiny_image(0), tiny_image(1)], "what?"), "one text with a list of images"),
+        (([tiny_image(0)], ["what?", "why?"]), "one image per text"),
+        ((None, ["what?", "why?"], [[], [], []]), "3 lists, 2 queries"),
+        ((Query(None, "what?"), "why?"), "not both"),
+        ((tiny_image(0), 7), "text must be a string or a list"),
+    ],
+)
+def test_queries_given_wrongly_are_one_line(args, message):
+    with pytest.raises(AIMError, match=message):
+        tiny_aim("llava").generate(*args, mode="text")

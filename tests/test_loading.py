@@ -141,3 +141,12 @@ def test_a_projector_revision_without_a_projector_is_one_line(hub):
     cache, _ = hub
     with pytest.raises(AIMError, match="projector_revision='v1' is a Hub projector's"):
         AIM.from_pretrained(REPO, projector_revision="v1", cache_dir=cache)
+
+
+def test_the_cli_loader_passes_the_hub_options_through(hub):
+    from aim_icl.models import load_aim
+
+    cache, saved = hub
+    aim = load_aim(REPO, revision="v2", cache_dir=cache, local_files_only=True)
+    assert same_weights(aim.model, saved[SECOND].model)
+    assert aim.encoder.tokenizer.model_max_length == CONTEXT[SECOND]

@@ -15,7 +15,9 @@ def load_aim(
 ):
     """`model` with `projector` (None: a fresh one) as an `AIM` on `device`; without `model`, the shipped world model
     with its trained projector (`projector` overrides it). `dtype` names a torch dtype ("auto"/None: the
-    checkpoint's); `aim_kwargs` (e.g. `layer`) go to `AIM.from_pretrained`."""
+    checkpoint's); `aim_kwargs` go to `AIM.from_pretrained`: its own (`layer`, ...) and the Hub options
+    (`revision`, `projector_revision`, `token`, `cache_dir`, `trust_remote_code`, `local_files_only`,
+    `subfolder`), which reach the model and its processor alike (the projector: token, cache, offline)."""
     from aim_icl.core.aim import AIM
     from aim_icl.core.dtypes import torch_dtype
     from aim_icl.world.checkpoint import load_shipped
