@@ -2,7 +2,8 @@
 
 `aim-icl world pretrain` reproduces the shipped model (seeded; about 20 minutes on 2 CPU cores);
 `aim-icl world data` writes a corpus as OBELICS-style JSONL (corpus `interleaved` is what the projector trains on);
-`aim-icl world check` measures single-image QA and binding read from text (what `aim` mode can reach at best).
+`aim-icl world check` measures single-image QA and binding read from text (what `aim` mode can reach at best);
+`aim-icl world export --lmms-eval DIR` writes the world tasks as lmms-eval tasks (YAMLs + local data).
 The projector is trained by `aim-icl train` on the `interleaved` export; `aim-icl demo` evaluates both.
 """
 
@@ -133,6 +134,36 @@ def _ship(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- export --------------------------------------------------------------------------------------------------
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    from aim_icl.integrations.lmms_eval.export import TASKS
+
+    p.add_argument(
+        "--lmms-eval",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="write lmms-eval task YAMLs and their data here (run them with lmms-eval --include_path DIR)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="draws the items (names, objects, demos)")
+    p.add_argument("--items", type=int, default=200, help="queries per task")
+    p.add_argument(
+        "--max-shots", type=int, help="demos per query (default: the task's, 64 for the 16-way task)"
+    )
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    _add_threads(p)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from aim_icl.integrations.lmms_eval.export import export
+
+    names = export(args.lmms_eval, args.seed, args.items, args.tasks, args.max_shots)
+    print(f"wrote {' '.join(names)} to {args.lmms_eval}; run: lmms-eval --include_path {args.lmms_eval} ...")
+    return 0
+
+
 # -- shared --------------------------------------------------------------------------------------------------
 
 
@@ -153,4 +184,5 @@ ACTIONS = {
         _ship,
         "copy a pretrained model and its trained projector into the package, fingerprinted",
     ),
+    "export": (_add_export, _export, "write the world tasks as lmms-eval task YAMLs + local data (offline)"),
 }
