@@ -134,7 +134,11 @@ def test_selection_errors_are_one_line(bank, llava, tmp_path):
 
 def test_selected_demos_go_straight_into_generate(bank, llava):
     picks = bank.select(tiny_image(3), 3, strategy="similarity")
-    assert isinstance(llava.generate(tiny_image(3), QUERY, demos=picks, mode="aim", max_new_tokens=3), str)
+    originals = {bank.key(d): d for d in make_demos(12, seed=1)}  # what the bank was built from
+    answer = llava.generate(tiny_image(3), QUERY, demos=picks, mode="aim", max_new_tokens=6)
+    assert answer == llava.generate(
+        tiny_image(3), QUERY, demos=[originals[p.key] for p in picks], mode="aim", max_new_tokens=6
+    )  # the stored states answer as the demos they were read from
     inputs = llava.build_inputs(tiny_image(3), QUERY, picks, "text")
     fresh = llava.build_inputs(tiny_image(3), QUERY, [Demo(None, p.text) for p in picks], "text")
     assert torch.equal(inputs["input_ids"], fresh["input_ids"])  # text mode reads the stored tokens
