@@ -24,7 +24,7 @@ def demos(k: int, seed: int = 0) -> list[Demo]:
 
 def check(family: str, device: str, dtype: torch.dtype) -> dict:
     model, processor = build_tiny(family)
-    aim = AIM(model.to(device, dtype), processor)
+    aim = AIM(model.to(device, dtype), processor, projector_name="residual")
     aim.fit_projector(demos(8, seed=50))
     shots = demos(3)
     as_vectors = [aim.backbone.embed(aim.encoder.text_ids(d.text)) for d in shots]

@@ -65,7 +65,7 @@ def build_aim(width: int, projector: Path | None = None) -> AIM:
         text.update(hidden_size=width, intermediate_size=4 * width, num_attention_heads=width // 64)
         text.update(num_key_value_heads=max(1, width // 256))
     model, processor = build_tiny("llava_next", real_geometry=True, text_config=text)
-    return AIM(model, processor, projector=projector)
+    return AIM(model, processor, projector=projector, projector_name="residual")  # prepare fits its copy map
 
 
 def make_demos(n: int) -> list[Demo]:

@@ -103,7 +103,7 @@ def real_geometry_aim(width: int, layers: int) -> AIM:
         text.update(hidden_size=width, intermediate_size=int(width * 2.7), num_attention_heads=heads)
         text.update(num_key_value_heads=heads)
     model, processor = build_tiny("llava_next", real_geometry=True, text_config=text)
-    return AIM(model, processor)  # the projector unfitted: zero fused vectors, the same work
+    return AIM(model, processor)  # a fresh projector: the same work as a trained one
 
 
 def image_task(tmp: Path, n_items: int, shots: int) -> Task:

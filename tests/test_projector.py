@@ -71,7 +71,7 @@ def test_a_fresh_gated_projector_is_exactly_text_mode(family):
 
 def test_fitting_on_too_few_positions_warns(caplog):
     model, processor = build_tiny("llava")
-    aim = AIM(model, processor)
+    aim = AIM(model, processor, projector_name="residual")
     with caplog.at_level("WARNING", logger="aim_icl.core.aim"):
         aim.fit_projector(make_demos(4, seed=7))
     assert "generalise poorly" in caplog.text
