@@ -16,7 +16,9 @@ import logging
 import httpx
 import pytest
 import torch
+from conftest import tiny_aim
 from PIL import Image
+from test_serve_http import bomb_url
 
 from aim_icl import AIM
 from aim_icl.serve.app import BodyLimit, ServerConfig, create_app
@@ -25,8 +27,6 @@ from aim_icl.serve.sampling import GREEDY_BELOW, RowSampler, RowSampling, _draw
 from aim_icl.serve.service import ModelService
 from aim_icl.serve.templates import check_template
 from aim_icl.testing.tiny import build_tiny, tiny_image
-from tests.conftest import tiny_aim
-from tests.test_serve_http import bomb_url
 
 CHAT = "/v1/chat/completions"
 
@@ -129,12 +129,27 @@ def test_validation_errors_name_the_field_as_param(app):
 
 
 @pytest.mark.parametrize("fields", [{"temperature": 1e-38}, {"temperature": 1.0, "top_p": 1e-46}])
-def test_extreme_in_range_sampling_values_are_answered_plain_and_streamed(app, fields):
-    plain, streamed = send(app, ("POST", CHAT, ask(**fields)), ("POST", CHAT, ask(stream=True, **fields)))
-    assert plain.status_code == 200, plain.text
-    assert plain.json()["choices"][0]["finish_reason"] in ("stop", "length")
-    assert streamed.status_code == 200 and "data: [DONE]" in streamed.text
-    assert '"error"' not in streamed.text
+def test_extreme_in_range_sampling_values_give_the_greedy_answer_plain_and_streamed(app, fields):
+    """Both leave only the top token: the answer is temperature 0's, word for word (a sample would differ)."""
+    greedy, plain, streamed = send(
+        app,
+        ("POST", CHAT, ask(max_tokens=6, temperature=0)),
+        ("POST", CHAT, ask(max_tokens=6, **fields)),
+        ("POST", CHAT, ask(max_tokens=6, stream=True, **fields)),
+    )
+    assert greedy.status_code == plain.status_code == streamed.status_code == 200, plain.text
+    expected = greedy.json()["choices"][0]
+    assert expected["message"]["content"]  # a non-empty answer to compare
+    assert plain.json()["choices"][0] == expected
+    assert '"error"' not in streamed.text and streamed.text.rstrip().endswith("data: [DONE]")
+    assert streamed_text(streamed) == expected["message"]["content"]
+
+
+def streamed_text(response: httpx.Response) -> str:
+    """The answer a streamed chat completion sent, its pieces joined."""
+    events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    chunks = [json.loads(e) for e in events if e != "[DONE]"]
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
 
 
 def test_sampling_is_greedy_below_the_epsilon_and_top_p_keeps_the_top_token():
@@ -187,8 +202,8 @@ def test_generation_stops_at_the_models_context():
         assert fits.status_code == 200, fits.text
         usage = fits.json()["usage"]
         assert usage["total_tokens"] <= 64  # capped at context - prompt, not the 500 asked
-        if usage["completion_tokens"] == 64 - usage["prompt_tokens"]:
-            assert fits.json()["choices"][0]["finish_reason"] == "length"
+        ran_to_the_context = usage["completion_tokens"] == 64 - usage["prompt_tokens"]
+        assert fits.json()["choices"][0]["finish_reason"] == ("length" if ran_to_the_context else "stop")
         assert_error(full, 400, "fill the model's context of 64")
     finally:
         app.state.worker.close()
