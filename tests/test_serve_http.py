@@ -142,10 +142,25 @@ def test_openai_client_sampling_fields(client):
     first, again = (client.chat.completions.create(**sampled) for _ in range(2))
     assert [c.index for c in first.choices] == [0, 1, 2]
     assert [c.message.content for c in first.choices] == [c.message.content for c in again.choices]
-    stopped = client.chat.completions.create(model="aim", messages=messages, max_tokens=6, stop=["zz"])
-    assert stopped.choices[0].finish_reason in ("stop", "length")
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.chat.completions.create(model="aim", messages=messages, temperature=-1)
+
+
+def test_a_stop_string_the_model_writes_cuts_the_answer_before_it(client):
+    messages = few_shot(1, seed=35)
+    greedy = dict(model="aim", messages=messages, max_tokens=6)
+    full = client.chat.completions.create(**greedy).choices[0]
+    assert full.finish_reason == "length"  # six tokens and no end token: a stop below is the stop string's
+    answer = full.message.content
+    stop = answer.split()[-1]  # a word the model writes after others
+    cut = answer[: answer.index(stop)].strip()
+    assert cut and len(cut) < len(answer)
+    stopped = client.chat.completions.create(**greedy, stop=[stop, "never written"]).choices[0]
+    assert (stopped.message.content, stopped.finish_reason) == (cut, "stop")
+    stream = client.chat.completions.create(**greedy, stop=stop, stream=True)
+    chunks = [c.choices[0] for c in stream if c.choices]
+    assert "".join(c.delta.content or "" for c in chunks) == cut  # no piece of the stop string was sent
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
 
 
 def test_task_create_and_predict_with_fixed_demos(server, http):
@@ -166,7 +181,10 @@ def test_task_create_and_predict_with_fixed_demos(server, http):
         "/v1/tasks/colours/predict", json={"image": query, "question": QUESTION, "max_tokens": 4}
     )
     assert first.status_code == 200, first.text
-    assert second.json()["aim"]["cached_prompt_tokens"] > 0  # the demo prefix is served from the cache
+    # the demo prefix is served from the cache: the query computes no more than its zero-shot prompt's positions
+    prompt, cached = second.json()["usage"]["prompt_tokens"], second.json()["aim"]["cached_prompt_tokens"]
+    zero_shot = aim.build_inputs(tiny_image(41), f"Q: {QUESTION} A:", [], "zero")["input_ids"].shape[1]
+    assert prompt - zero_shot <= cached < prompt
     expected = aim.generate(
         tiny_image(41), f"Q: {QUESTION} A:", [_demo(d) for d in demos], "aim", max_new_tokens=4
     )
@@ -219,6 +237,13 @@ def _with_token(messages: list[dict], turn: int) -> list[dict]:
     return messages
 
 
+@pytest.fixture(scope="module")
+def before_bad_requests(http) -> dict:
+    """A chat's answer choice before any bad request (asked twice: the second reads its demo from the bank)."""
+    chat(http, few_shot(1), max_tokens=4)
+    return chat(http, few_shot(1), max_tokens=4)["choices"][0]
+
+
 BIG = Image.fromarray(torch.randint(0, 256, (200, 200, 3), dtype=torch.uint8).numpy())  # noise PNG ~120 kB
 
 
@@ -239,7 +264,7 @@ BIG = Image.fromarray(torch.randint(0, 256, (200, 200, 3), dtype=torch.uint8).nu
     ],
 )
 def test_bad_requests_get_a_clean_4xx_and_the_server_keeps_serving(
-    server, http, tmp_path, case, status, message
+    server, http, before_bad_requests, tmp_path, case, status, message
 ):
     chat_path = "/v1/chat/completions"
     bad_bytes = "data:image/png;base64," + base64.b64encode(b"this is not an image").decode()
@@ -261,17 +286,17 @@ def test_bad_requests_get_a_clean_4xx_and_the_server_keeps_serving(
     response = requests[case]()
     assert response.status_code == status, response.text
     assert message in response.json()["error"]["message"]
-    assert (
-        chat(http, few_shot(1), max_tokens=2)["choices"][0]["message"]["content"] is not None
-    )  # still serving
+    assert chat(http, few_shot(1), max_tokens=4)["choices"][0] == before_bad_requests  # serving as before
 
 
 def test_allowed_local_path_and_openai_client_errors(server, client):
     allowed = server[2]
-    reply = client.chat.completions.create(
-        model="aim", messages=_with_query_image(str(allowed / "query.png")), max_tokens=2
+    by_path, by_value = (
+        client.chat.completions.create(model="aim", messages=_with_query_image(url), max_tokens=4)
+        for url in (str(allowed / "query.png"), data_url(Image.open(allowed / "query.png")))
     )
-    assert reply.usage.prompt_tokens > 0
+    assert by_path.usage == by_value.usage  # the path's file is the query image
+    assert by_path.choices[0].message.content == by_value.choices[0].message.content
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server[0]}/v1", api_key="wrong", max_retries=0).models.list()
     with pytest.raises(openai.BadRequestError, match="last message must be the user"):
