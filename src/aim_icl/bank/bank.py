@@ -86,6 +86,21 @@ class DemoBank:
         self._pools.clear()
         return written
 
+    def rows_for(self, demos: Sequence[Demo], batch_size: int = 8) -> tuple[list[str], list[Row]]:
+        """Every demo's key, and the rows of those not stored yet, read but not stored: the caller stores them
+        with what it writes in the same transaction (`bank.tasks.TaskTable.save`, or `insert`)."""
+        demos = [_loaded(d) for d in demos]
+        keys = [self.key(d) for d in demos]
+        stored = self.store.existing(keys)
+        todo = {k: d for k, d in zip(keys, demos) if k not in stored}  # also drops repeats
+        return keys, self._read(list(todo.values()), list(todo), batch_size) if todo else []
+
+    def insert(self, rows: Sequence[Row]) -> int:
+        """Store rows `rows_for` read, in one transaction; returns rows written."""
+        written = self.store.insert(rows)
+        self._pools.clear()
+        return written
+
     def states(self, demos: Sequence[Demo], batch_size: int = 8) -> list[DemoStates]:
         """The demos' stored states, reading and storing those not stored yet (what a training cache wants)."""
         keys = self.add(demos, batch_size=batch_size, progress=False)

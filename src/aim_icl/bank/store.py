@@ -132,10 +132,9 @@ class BankStore:
     def insert(self, rows: Sequence[Row]) -> int:
         """Write rows in one transaction; keys already stored are kept as they are. Returns rows written."""
         records = [_encode(row) for row in rows]
-        sql = f"INSERT OR IGNORE INTO demos ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
         with self._transaction():
             before = self.conn.total_changes
-            self.conn.executemany(sql, records)
+            self.conn.executemany(insert_sql(), records)
             return self.conn.total_changes - before
 
     def merge(self, other: str | Path) -> int:
@@ -226,10 +225,17 @@ class _Transaction:
             self.conn.execute("ROLLBACK")
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def insert_sql() -> str:
+    """Insert one row (`_encode`'s record); a key already stored is kept as it is."""
+    return f"INSERT OR IGNORE INTO demos ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+def _connect(path: Path, check_same_thread: bool = True) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=60, isolation_level=None)  # explicit transactions only
+        conn = sqlite3.connect(  # explicit transactions only
+            path, timeout=60, isolation_level=None, check_same_thread=check_same_thread
+        )
         conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; a crash leaves no torn rows
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: safe against process kills
     except sqlite3.DatabaseError as err:
