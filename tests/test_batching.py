@@ -199,8 +199,13 @@ def test_a_list_may_mix_queries_with_and_without_an_image():
         ((None, ["what?", "why?"], [[], [], []]), "3 lists, 2 queries"),
         ((Query(None, "what?"), "why?"), "not both"),
         ((tiny_image(0), 7), "text must be a string or a list"),
+        (([tiny_image(0), tiny_image(1)],), "a list of images with a list of texts"),
     ],
 )
 def test_queries_given_wrongly_are_one_line(args, message):
     with pytest.raises(AIMError, match=message):
         tiny_aim("llava").generate(*args, mode="text")
+
+
+def test_no_queries_no_answers():
+    assert tiny_aim("llava").generate([]) == [] == tiny_aim("llava").score([], candidates=["yes"])

@@ -83,8 +83,8 @@ def imports(src: Path) -> list[Import]:
     found = []
     for module, path in known.items():
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        relative = path.relative_to(src)
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            where = f"{path.relative_to(src)}:{getattr(node, 'lineno', 0)}"
             if isinstance(node, ast.Import):
                 targets = [owner(alias.name) for alias in node.names if alias.name.startswith(ROOT + ".")]
             elif isinstance(node, ast.ImportFrom):
@@ -102,7 +102,9 @@ def imports(src: Path) -> list[Import]:
                     targets.append(name if name in known or name == f"{ROOT}.__version__" else owner(base))
             else:
                 continue
-            found += [Import(module, t, where) for t in dict.fromkeys(targets) if t != module]
+            found += [
+                Import(module, t, f"{relative}:{node.lineno}") for t in dict.fromkeys(targets) if t != module
+            ]
     return found
 
 

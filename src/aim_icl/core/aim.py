@@ -325,7 +325,7 @@ class AIM:
         n = generate_kwargs.get("num_return_sequences", 1)
         answers: list = [None] * len(queries)
         for rows in _batches(queries, batch_size):
-            inputs = self.build_batch([queries[i] for i in rows], mode)
+            inputs = self._prompts([queries[i] for i in rows], mode)
             texts = generate_batch(self, [inputs], max_new_tokens=max_new_tokens, **generate_kwargs)
             for j, i in enumerate(rows):
                 answers[i] = texts[j] if n == 1 else texts[j * n : (j + 1) * n]
@@ -351,7 +351,7 @@ class AIM:
         answers = [answer_ids(self, q.text, c) for q, c in zip(queries, per_query(candidates, len(queries)))]
         scores: list = [None] * len(queries)
         for rows in _batches(queries, batch_size):
-            inputs = self.build_batch([queries[i] for i in rows], mode)
+            inputs = self._prompts([queries[i] for i in rows], mode)
             for i, values in zip(rows, score_batch(self, [inputs], [answers[i] for i in rows])):
                 scores[i] = values
         return scores[0] if single else scores
@@ -362,6 +362,10 @@ class AIM:
         return generate_batch(self, [inputs], max_new_tokens=max_new_tokens, **kwargs)[0]
 
     # -- internals ----------------------------------------------------------------------------------------------
+
+    def _prompts(self, queries: Sequence[Query], mode: str) -> dict[str, torch.Tensor]:
+        """The prompts of queries to answer: a query's training target, if it has one, is no part of them."""
+        return self.build_batch([replace(q, target=None) for q in queries], mode)
 
     @torch.no_grad()
     def _hidden_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -67,19 +67,24 @@ def as_queries(image, text: str | Sequence[str] | None, demos: Sequence = ()) ->
     One: `(image, text, demos)` or a `Query`. Several: a list of `Query`s, or a list of images with a list of
     texts (images None: text only), where `demos` is one list for every query or one list per query.
     """
-    if isinstance(image, Query) or (
-        isinstance(image, (list, tuple)) and image and isinstance(image[0], Query)
+    listed, demos = isinstance(image, (list, tuple)), list(demos)
+    if (
+        isinstance(image, Query)
+        or (listed and image and isinstance(image[0], Query))
+        or (listed and text is None)
     ):
-        if text is not None or len(demos):
+        if text is not None or demos:
             raise AIMError("give queries as Query objects (with their demos) or as image and text, not both")
         queries = [image] if isinstance(image, Query) else list(image)
         if not all(isinstance(q, Query) for q in queries):
-            raise AIMError("a list of queries holds Query objects only")
+            raise AIMError(
+                "give a list of Query objects, or a list of images with a list of texts (one each)"
+            )
         return queries, isinstance(image, Query)
     if isinstance(text, str):
         if isinstance(image, (list, tuple)):
             raise AIMError("one text with a list of images: give one text per image (a list), or one image")
-        return [Query(image, text, list(demos))], True
+        return [Query(image, text, demos)], True
     if not isinstance(text, (list, tuple)):
         raise AIMError(f"text must be a string or a list of strings, not {type(text).__name__}")
     images = [None] * len(text) if image is None else list(image)
