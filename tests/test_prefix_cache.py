@@ -56,6 +56,13 @@ def traced(model, run) -> tuple[torch.Tensor, int]:
     return torch.stack(logits[-n:]), lengths[-n]
 
 
+def shared_length(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Leading positions where two prompts' token ids agree, (1, T) each."""
+    n = min(a.shape[1], b.shape[1])
+    differs = (a[0, :n] != b[0, :n]).nonzero()
+    return int(differs[0]) if len(differs) else n
+
+
 def same_logits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and bool((a - b).abs().max() <= TOLERANCE)
 
@@ -74,7 +81,12 @@ def test_cached_logits_equal_uncached(family, mode):
         assert same_logits(logits, expected)
         # the demos are served from the cache: only the query's own positions are computed
         assert computed == prompt_length - cache.length
-        assert cache.length >= sum(len(aim.encoder.text_ids(d.text)) for d in demos)
+        zero_shot = aim.build_inputs(image, text, [], "zero")["input_ids"]
+        if image is not None:  # an image query computes what its zero-shot prompt has past the shared head
+            full = aim.build_inputs(image, text, demos, mode)["input_ids"]
+            assert computed == zero_shot.shape[1] - shared_length(zero_shot, full)
+        else:  # a text query may share its first words with a demo's text: no more than its zero-shot prompt
+            assert computed <= zero_shot.shape[1]
         # the comparison can fail: the same query after other demos gives other logits
         assert not same_logits(traced(aim.model, lambda: wrong.generate(image, text, **GREEDY))[0], expected)  # noqa: B023
 
@@ -87,7 +99,8 @@ def test_queries_leave_the_cache_unchanged():
     answers = [cache.generate(tiny_image(i), QUERY, **GREEDY) for i in (2, 3, 1)]
     after = [t for layer in cache._cache.layers for t in (layer.keys, layer.values)]
     assert all(torch.equal(a, b) for a, b in zip(snapshot, after))
-    assert answers[-1] == first
+    uncached = [aim.generate(tiny_image(i), QUERY, cache.demos, **GREEDY) for i in (1, 2, 3, 1)]
+    assert [first, *answers] == uncached and answers[-1] == first
 
 
 def test_zero_shot_prefix_equals_uncached():
@@ -97,7 +110,9 @@ def test_zero_shot_prefix_equals_uncached():
         logits, _ = traced(aim.model, lambda: cache.generate(image, text, **GREEDY))  # noqa: B023
         expected, _ = traced(aim.model, lambda: aim.generate(image, text, mode="zero", **GREEDY))  # noqa: B023
         assert same_logits(logits, expected)
-    assert cache.length > 0
+    # the cache holds the template's head, "<|im_start|>User:": what the image and the text query's prompts share
+    image_query, text_query = (aim.build_inputs(i, t, [], "zero")["input_ids"] for i, t in queries()[:2])
+    assert cache.length == shared_length(image_query, text_query) > 0
 
 
 def test_cached_prefill_attends_without_a_mask_and_restores_the_model(monkeypatch):
