@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from dataclasses import replace
 
+import psutil
 import pytest
 import torch
 from conftest import RESULT_ROW_FIELDS
@@ -15,6 +17,7 @@ from aim_icl.core.prompt import PromptEncoder
 from aim_icl.eval import runner
 from aim_icl.eval.demos import open_pool_bank
 from aim_icl.eval.items import Item
+from aim_icl.eval.memory import MIB
 from aim_icl.eval.metrics import exact_match
 from aim_icl.eval.runner import run_eval
 from aim_icl.eval.selection import draw_pool, similarity_selection
@@ -61,18 +64,39 @@ def first_answer(task: Task, directory, row: dict) -> dict:
     return {"id": first.id, "prediction": record["prediction"], "answers": list(first.answers)}
 
 
+def prompt_length(aim, task: Task, item: Item, demos, mode: str) -> int:
+    return aim.build_inputs(item.image, task.query_text(item), demos, mode)["input_ids"].shape[1]
+
+
+def assert_costs(row: dict, resident_mb: list[float]) -> None:
+    """A row's latency is its queries' model time (prompt building, generation, scoring; demo reading apart) and
+    its peak memory the largest the process held while its cells ran (process RSS on the CPU)."""
+    answered = row["queries"] * row["trials"]
+    model_ms = 1000 * (row["build_s"] + row["generate_s"] + row["score_s"])
+    assert model_ms > 0 and model_ms <= row["latency_ms"] * answered <= 1.05 * model_ms + 5 * answered
+    assert (row["read_s"] > 0) == (row["mode"] == "aim")  # only `aim` reads demos through the backbone
+    assert row["memory"] == "process_peak_rss" and resident_mb
+    assert 0.99 * max(resident_mb) <= row["peak_memory_mb"] <= psutil.virtual_memory().total / MIB
+
+
 def values(rows):
     return {(r["mode"], r["shots"], r["metric"]): r["value"] for r in rows}
 
 
 def test_every_mode_end_to_end(llava, monkeypatch, tmp_path):
-    read = []
-    encode = llava.encode
+    read, resident = [], defaultdict(list)
+    encode, answer = llava.encode, runner.answer_prepared
     monkeypatch.setattr(
         llava,
         "encode",
         lambda demos, batch_size=8, **kw: read.extend(demos) or encode(demos, batch_size, **kw),
     )
+
+    def answer_noting_memory(aim, task, prepared, *args):  # the process's memory while the cell answers
+        resident[prepared.job.mode].append(psutil.Process().memory_info().rss / MIB)
+        return answer(aim, task, prepared, *args)
+
+    monkeypatch.setattr(runner, "answer_prepared", answer_noting_memory)
     task = toy_task(n_test=3)
     rows = run_eval(llava, task, shots=[0, 2], trials=2, progress=False, output_dir=tmp_path)
 
@@ -82,10 +106,15 @@ def test_every_mode_end_to_end(llava, monkeypatch, tmp_path):
         assert set(row) >= RESULT_ROW_FIELDS
         assert row["trials"] == (1 if row["mode"] == "zero" else 2) and row["queries"] == 3
         assert row["value"] == pytest.approx(score_from_records(task, tmp_path, row))
-        assert row["latency_ms"] > 0 and row["peak_memory_mb"] > 0
         assert row["example"] == first_answer(task, tmp_path, row)
+        assert_costs(row, resident[row["mode"]])
     tokens = {r["mode"]: r["prompt_tokens"] for r in rows}
-    assert tokens["icl"] > tokens["aim"] == tokens["text"] > tokens["zero"]
+    zero_shot = [prompt_length(llava, task, q, [], "zero") for q in task.test]
+    assert tokens["zero"] == pytest.approx(sum(zero_shot) / 3)  # the prompts the queries were asked with
+    assert tokens["aim"] == tokens["text"] > tokens["zero"]  # one position per demo token, fused or written
+    demos = [task.demo(item) for item in task.train[:2]]  # any two: every image costs the same
+    icl, text = (prompt_length(llava, task, task.test[0], demos, mode) for mode in ("icl", "text"))
+    assert tokens["icl"] - tokens["text"] == pytest.approx(icl - text) and icl > text  # the two shots' images
     # aim mode read each pool demo through the backbone once, however many queries and trials used it
     texts = [d.text for d in read]
     assert texts and len(texts) == len(set(texts)) < 2 * 2 * 3
