@@ -3,7 +3,9 @@ that imports no heavy module."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from aim_icl import Demo
-from aim_icl.cli import VERBS, main
+from aim_icl.cli import VERBS, build_parser, main
 from aim_icl.testing.tiny import tiny_image
 from aim_icl.world.scene import Scene
 
@@ -220,3 +222,33 @@ def test_inspect_shows_tokens_as_text_not_tokenizer_pieces(saved_llava, images, 
     rows = [line.split() for line in out.splitlines()[2:] if line.strip()]
     assert [row[1] for row in rows] == ["question", ":", "what", "picture", "?", "answer", ":", "red"]
     assert "▁" not in out  # sentencepiece's word-start mark (BPE's is Ġ)
+
+
+def _options(parser):
+    """Every option of `parser` and of its verbs and actions, with the parser it belongs to."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _options(sub)
+        elif action.option_strings:
+            yield parser, action
+
+
+def test_help_shows_every_default_and_no_old_spelling(monkeypatch, capsys):
+    """Every option with a default says it (e.g. generate's answer length); hidden old spellings stay out."""
+    monkeypatch.setenv("AIM_ICL_API_KEY", "s3cret-key")
+    hidden = []
+    for sub, action in _options(build_parser()):
+        unset = action.default in (None, False, [], argparse.SUPPRESS)
+        if action.help is argparse.SUPPRESS:
+            hidden.append(action.option_strings[0])
+            assert not re.search(rf"{action.option_strings[0]}(?![\w-])", sub.format_help())
+        elif not unset and "key" not in action.dest.split("_"):
+            assert "default" in action.help, (sub.prog, action.option_strings)
+    assert {"--output-dir", "--out", "--model-dtype", "--cpu", "--backbone-dtype"} <= set(hidden)
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "longest answer, in tokens (default: 32)" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "s3cret-key" not in capsys.readouterr().out  # a default read from the environment is never shown

@@ -7,7 +7,7 @@ import argparse
 import pytest
 import torch
 
-from aim_icl.commands._model import torch_device
+from aim_icl.commands._model import model_placement, torch_device
 from aim_icl.core.placement import check_device, resolve_device, resolve_dtype
 from aim_icl.errors import AIMError
 
@@ -83,10 +83,25 @@ def test_cuda_without_cuda_is_one_line_naming_what_to_pass(machine, compiled):
     assert ("CPU-only torch" in message) != compiled
 
 
-def test_the_cli_type_resolves_auto_and_turns_errors_into_argparse_errors(machine):
-    machine(cuda=1)
-    assert torch_device("auto") == "cuda"
+def test_the_cli_checks_the_spelling_at_parse_and_the_machine_before_loading(machine):
+    """--device is parsed as a torch device name; whether this machine has it is checked where the model loads
+    (`model_placement`, `load_aim`): a Ray head without a GPU may start replicas on GPU nodes."""
     machine(cuda=0, compiled=False)
-    assert torch_device("auto") == "cpu"
-    with pytest.raises(argparse.ArgumentTypeError, match="CPU-only torch"):
-        torch_device("cuda")
+    assert torch_device("auto") == "auto" and torch_device("cuda:1") == "cuda:1"
+    with pytest.raises(argparse.ArgumentTypeError, match="'gpu' is not a torch device"):
+        torch_device("gpu")
+    assert model_placement(argparse.Namespace(device="auto", dtype="auto")) == {
+        "device": "cpu",
+        "dtype": "float32",
+    }
+    with pytest.raises(AIMError, match="CPU-only torch"):
+        model_placement(argparse.Namespace(device="cuda", dtype="auto"))
+    machine(cuda=1, bf16=True)
+    assert model_placement(argparse.Namespace(device="auto", dtype="auto")) == {
+        "device": "cuda",
+        "dtype": "bfloat16",
+    }
+    assert model_placement(argparse.Namespace(device="auto")) == {
+        "device": "cuda",
+        "dtype": None,
+    }  # no --dtype

@@ -2,7 +2,7 @@
 
 The rule: every ```python block of README.md runs, in README order, in one namespace (a later block may use the
 names an earlier one made, as a reader would), in a fresh interpreter whose working directory is empty. The
-reader's own data the blocks leave undefined (`support_images`, `query_image`, `my_loader`, `messages`) is defined
+reader's own data the blocks leave undefined (`support_images`, `query_image`, `messages`) is defined
 in PLACEHOLDERS below; the model id, the projector path and the server URL are replaced by the session's tiny
 saved LLaVA, its projector, and an `aim-icl serve` started on them (SUBSTITUTIONS). A block that needs a name no
 earlier block or placeholder defines fails here: define it in the README or add a placeholder.
@@ -27,10 +27,6 @@ from aim_icl.testing.tiny import tiny_image
 
 support_images = [tiny_image(i) for i in range(16)]
 query_image = tiny_image(99)
-
-
-def my_loader(paths, split):  # a task's loader: data paths and a split name -> items
-    return []
 
 
 def _data_url(image):

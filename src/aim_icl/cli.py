@@ -38,7 +38,26 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
             continue
         module = _command(name)
         module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__))
+    show_defaults(parser)
     return parser
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Write each option's default into its --help line, in every verb and action (as
+    ArgumentDefaultsHelpFormatter does, without its "(default: None)" and "(default: False)" noise, and never
+    a secret such as an API key read from the environment)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                show_defaults(subparser)
+            continue
+        default, text = action.default, action.help or ""
+        secret = bool({"key", "token", "secret", "password"} & set(action.dest.split("_")))
+        unset = default is None or default is False or default == [] or default is argparse.SUPPRESS
+        if not action.option_strings or unset or secret or text is argparse.SUPPRESS or "default" in text:
+            continue
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        action.help = f"{text} (default: {shown.replace('%', '%%')})".lstrip()
 
 
 def main(argv: list[str] | None = None) -> int:

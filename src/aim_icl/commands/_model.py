@@ -7,7 +7,6 @@ import argparse
 
 from aim_icl.core.dtypes import FLOAT_DTYPES
 from aim_icl.core.placement import AUTO, DEVICE_HELP, DTYPE_HELP
-from aim_icl.errors import AIMError
 from aim_icl.models import load_aim  # noqa: F401  (re-exported: the verbs load through here)
 
 MODEL_HELP = "model directory or hub id, loaded with transformers (default: the embedded world model)"
@@ -72,17 +71,23 @@ def port_number(text: str) -> int:
 
 
 def torch_device(text: str) -> str:
-    """A device this torch can run on; "auto" resolves to accelerate's, cuda, mps or cpu (`core.placement`)."""
-    from aim_icl.core.placement import resolve_device
+    """A device name torch understands, or "auto"; whether this machine has it is checked where the model loads
+    (`core.placement.resolve_device`): a Ray head node without a GPU may start replicas on GPU nodes."""
+    import torch
 
+    if text == AUTO:
+        return text
     try:
-        return resolve_device(text)
-    except AIMError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+        torch.device(text)
+    except (RuntimeError, TypeError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a torch device; use auto, cpu, cuda, cuda:1 or mps"
+        ) from None
+    return text
 
 
 def add_device_arguments(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
-    """--device (default auto: resolved when the arguments are parsed, before any model loads) and --dtype."""
+    """--device and --dtype, both "auto" by default (resolved by `model_placement` before any model loads)."""
     parser.add_argument("--device", type=torch_device, default=AUTO, help=DEVICE_HELP)
     if dtype:
         parser.add_argument("--dtype", choices=(AUTO, *FLOAT_DTYPES), default=AUTO, help=DTYPE_HELP)
@@ -108,7 +113,10 @@ def add_output_argument(
 
 
 def model_placement(args: argparse.Namespace) -> dict:
-    """`load_aim`'s device and dtype from --device (already resolved) and --dtype ("auto" resolved here)."""
-    from aim_icl.core.placement import resolve_dtype
+    """`load_aim`'s device and dtype from --device and --dtype, "auto" resolved (`core.placement`): a device this
+    machine lacks is one error line here, before any data or model is read."""
+    from aim_icl.core.placement import resolve_device, resolve_dtype
 
-    return {"device": args.device, "dtype": resolve_dtype(getattr(args, "dtype", None), args.device)}
+    device = resolve_device(args.device)
+    dtype = getattr(args, "dtype", None)
+    return {"device": device, "dtype": resolve_dtype(dtype, device) if dtype is not None else None}

@@ -72,10 +72,11 @@ def _build(args: argparse.Namespace) -> int:
     from aim_icl.bank.build import build_bank
     from aim_icl.core.placement import process_state
 
+    placement = model_placement(args)
     if not Path(args.demos).is_file():  # fail before loading a model that may take minutes
         raise AIMError(f"demo file not found: {args.demos}")
-    state = process_state(args.device)
-    aim = load_aim(args.model, **model_placement(args), with_projector=False, layer=args.layer)
+    state = process_state(placement["device"])
+    aim = load_aim(args.model, **placement, with_projector=False, layer=args.layer)
     states_dtype = getattr(torch, args.states_dtype)
     report = build_bank(
         aim, args.demos, args.bank, args.batch_size, states_dtype, progress=not args.no_progress

@@ -4,7 +4,7 @@ Loads the shipped world model and its AIM projector (no downloads), draws fresh 
 (held-out names, new objects, new demo orders), runs `run_eval` per task and prints score, prompt tokens, peak
 memory and latency per mode and shot count, then one table per task and metric (modes as rows, shots as columns);
 writes the rows (results.json, results.md), those tables (tables.md), the harness's plots and one overview plot to
-`--out`. A mode whose prompt does not fit the model's context at some shot count (`icl` past 16 shots: 16 image
+`--output`. A mode whose prompt does not fit the model's context at some shot count (`icl` past 16 shots: 16 image
 tokens per demo, 512 positions) is reported as not fitting there. The 16-way task runs to 64 shots.
 """
 
@@ -15,9 +15,14 @@ import logging
 import shutil
 from pathlib import Path
 
-from aim_icl.commands._model import add_workers_argument
+from aim_icl.commands._model import (
+    add_device_arguments,
+    add_output_argument,
+    add_workers_argument,
+    non_negative_int,
+    positive_int,
+)
 from aim_icl.core.modes import MODES
-from aim_icl.errors import AIMError
 
 DEFAULT_TASKS = ("fast_binding", "fast_binding_4way", "fast_binding_16way", "caption_style")
 EXTRA = "eval"  # the optional extra this verb runs on (the CLI checks it first)
@@ -29,42 +34,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="draws the evaluation items (names, objects, demos)"
     )
-    parser.add_argument("--items", type=int, default=100, help="queries per task")
+    parser.add_argument("--items", type=positive_int, default=100, help="queries per task")
     parser.add_argument("--tasks", nargs="+", choices=list(WORLD_TASKS), default=list(DEFAULT_TASKS))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument(
         "--shots",
-        type=int,
+        type=non_negative_int,
         nargs="+",
         help="shot counts for every task (default: 0-32 in doublings; 0 and 4-64 for fast_binding_16way)",
     )
-    parser.add_argument(
-        "--out", type=Path, default=Path("demo-results"), help="directory for the report and plots"
+    add_output_argument(
+        parser, "directory for the report and plots", old="--out", type=Path, default=Path("demo-results")
     )
     parser.add_argument("--json", type=Path, help="also write the rows (the harness's results format) here")
     parser.add_argument("--model", type=Path, help="world model directory (default: the shipped one)")
     parser.add_argument(
         "--projector", type=Path, help="projector directory or Hub repo org/name (default: the shipped one)"
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--batch-size", type=int, help="queries per forward pass (default: 64)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
+    parser.add_argument("--batch-size", type=positive_int, help="queries per forward pass (default: 64)")
     add_workers_argument(parser)
+    add_device_arguments(parser, dtype=False)  # the world model's own float32: the README's numbers
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from aim_icl.core.placement import resolve_device
     from aim_icl.eval.report import write_report
     from aim_icl.eval.runner import run_eval
     from aim_icl.world.checkpoint import load_shipped
     from aim_icl.world.report import examples, overview_plot, shots_tables, summary_table
     from aim_icl.world.tasks import DEMO_SHOTS, WORLD_TASKS
 
-    if args.items < 1 or any(k < 0 for k in args.shots or ()):
-        raise AIMError("--items must be at least 1 and --shots at least 0")
     torch.set_num_threads(args.threads)
     logging.getLogger("aim_icl").setLevel(logging.ERROR)
+    device = resolve_device(args.device)
     aim = load_shipped(args.model, args.projector)
+    aim.model.to(device)
+    aim.projector.to(device)
     rows, chance, tasks = [], {}, []
     for name in args.tasks:
         shots = args.shots or DEMO_SHOTS[name]
@@ -88,9 +96,9 @@ def run(args: argparse.Namespace) -> int:
         for task in tasks
     )
     print(f"\n{tables}")
-    written = write_report(rows, args.out)
-    (args.out / "tables.md").write_text(tables + "\n")
-    written += [args.out / "tables.md", overview_plot(rows, args.out / "demo.png", chance)]
+    written = write_report(rows, args.output)
+    (args.output / "tables.md").write_text(tables + "\n")
+    written += [args.output / "tables.md", overview_plot(rows, args.output / "demo.png", chance)]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(written[0], args.json)

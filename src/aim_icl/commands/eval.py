@@ -13,12 +13,13 @@ import argparse
 from pathlib import Path
 
 from aim_icl.commands._model import (
-    add_alias,
     add_device_arguments,
     add_model_arguments,
+    add_output_argument,
     add_workers_argument,
     load_aim,
     model_placement,
+    non_negative_int,
     positive_int,
 )
 from aim_icl.core.modes import MODES
@@ -50,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--file", action="append", default=[], metavar="NAME=PATH", help="override one data file (repeatable)"
     )
     parser.add_argument("--eval-split", help="evaluation split (default: the task's, e.g. val, test, dev)")
-    parser.add_argument("--shots", type=shot_count, nargs="+", default=[0, 4, 8, 16], help="demos per query")
+    parser.add_argument(
+        "--shots", type=non_negative_int, nargs="+", default=[0, 4, 8, 16], help="demos per query"
+    )
     parser.add_argument(
         "--modes", nargs="+", choices=MODES, default=list(MODES), help="prompt modes to compare"
     )
@@ -72,21 +75,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pool-size", type=positive_int, default=2048, help="train items demos are drawn from"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the demo pool and of trial 0's draws")
-    parser.add_argument("--output", type=Path, help="results directory (default: eval-results/<task>)")
-    add_alias(parser, "--output-dir", "output", type=Path)
+    add_output_argument(
+        parser, "results directory (default: eval-results/<task>)", old="--output-dir", type=Path
+    )
     parser.add_argument("--max-new-tokens", type=positive_int, help="longest answer (default: the task's)")
     parser.add_argument(
         "--batch-size", type=positive_int, help="queries per forward pass (default: 64, halved on OOM)"
     )
     add_workers_argument(parser)
     add_device_arguments(parser)
-
-
-def shot_count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,12 +93,11 @@ def run(args: argparse.Namespace) -> int:
     from aim_icl.eval.report import markdown_table
     from aim_icl.eval.runner import run_eval
 
-    task, selection, trials = prepare_task(
-        args
-    )  # data and arguments checked before the model, which takes minutes
-    state = process_state(args.device)
+    placement = model_placement(args)
+    task, selection, trials = prepare_task(args)  # data and arguments checked before the model (minutes)
+    state = process_state(placement["device"])
     torch.manual_seed(args.seed)  # a fresh projector's initialisation, identical in every process
-    aim = load_aim(args.model, args.projector, **model_placement(args))
+    aim = load_aim(args.model, args.projector, **placement)
     rows = run_eval(
         aim,
         task,

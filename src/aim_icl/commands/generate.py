@@ -33,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.demo and not MODE_TABLE[args.mode].demos:
         raise AIMError(f"--mode {args.mode} reads no demonstrations: drop --demo or pick text, icl or aim")
+    placement = model_placement(args)
     query = load_image(args.image)  # read inputs before loading a model that may take minutes
     demos = [Demo(load_image(image), text) for image, text in args.demo]
-    aim = load_aim(args.model, args.projector, **model_placement(args))
+    aim = load_aim(args.model, args.projector, **placement)
     print(aim.generate(query, args.prompt, demos=demos, mode=args.mode, max_new_tokens=args.max_new_tokens))
     return 0

@@ -1,6 +1,6 @@
 """Share projectors on the Hugging Face Hub: write a projector's model card, or upload it with its card.
 
-aim-icl hub card DIR [--results results.json]     writes DIR/README.md (or --out): the card, to read or edit
+aim-icl hub card DIR [--results results.json]     writes DIR/README.md (or --output): the card, to read or edit
 aim-icl hub push DIR org/name [--dry-run]         one commit: projector.safetensors, projector_config.json and
                                                   the card (DIR's README.md if it has one, else a fresh card)
 Loading needs no verb: `--projector org/name` (or `org/name@revision`) works wherever a projector directory does.
@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aim_icl.commands._model import add_output_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -19,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     card.add_argument(
         "directory", type=Path, help="a saved projector (aim-icl train --output, save_projector)"
     )
-    card.add_argument("--out", type=Path, help="file or folder to write to (default: DIR/README.md)")
+    add_output_argument(card, "file or folder to write to (default: DIR/README.md)", old="--out", type=Path)
     card.add_argument(
         "--repo-id", help="the repo the card's usage snippet loads from (default: <org>/<name>)"
     )
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = card_options(args)
     if args.action == "card":
-        path = card.write_card(card.read_saved(args.directory), args.out, repo_id=args.repo_id, **options)
+        path = card.write_card(card.read_saved(args.directory), args.output, repo_id=args.repo_id, **options)
         print(f"wrote {path}")
         return 0
     if args.dry_run:

@@ -35,12 +35,13 @@ def run(args: argparse.Namespace) -> int:
     from aim_icl.core.demo import Demo, load_image
     from aim_icl.core.readout import read_fused_tokens, readout_table
 
+    placement = model_placement(args)
     if args.demo:
         demos = [Demo(load_image(image), text) for image, text in args.demo]
         titles = [f"demo {i + 1}: {image}" for i, (image, _) in enumerate(args.demo)]
     else:
         demos, titles = world_demos(args.seed), [f"{c} {s}" for c, s in WORLD_DEMOS]
-    aim = load_aim(args.model, args.projector, **model_placement(args))
+    aim = load_aim(args.model, args.projector, **placement)
     for title, readings in zip(titles, read_fused_tokens(aim, demos, args.top)):
         print(readout_table([decoded(r, aim.encoder.tokenizer) for r in readings], title), end="\n\n")
     return 0

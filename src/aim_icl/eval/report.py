@@ -112,8 +112,13 @@ def draw_metric(ax, rows: list[dict], field: str, label: str, chance: float | No
 
 
 def spaced(fig) -> None:
-    """Room for titles and labels around side-by-side panels (a layout engine costs 3x the drawing)."""
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.85, wspace=0.3)
+    """Room for titles and labels around side-by-side panels (a layout engine costs 3x the drawing): margins in
+    inches, so a narrow figure keeps room for the y label and five-digit tick labels (a fraction of the width
+    clipped the label of a two-panel figure)."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(
+        left=0.95 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.5 / height, wspace=0.35
+    )
 
 
 def _num(value, digits: int) -> str:

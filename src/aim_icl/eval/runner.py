@@ -8,10 +8,11 @@ are computed from all files, so they equal a single-process run's.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -80,18 +81,12 @@ def run_eval(
     batch_size: int | None = None,
     workers: int | None = None,
 ) -> list[dict]:
-    """Evaluate `task` and return one row per (mode, shots, metric); see `aggregate` for fields.
-
-    A task without items is loaded first (`task.loaded()`: its loader with the default `DataPaths`).
-
-    With `output_dir`, predictions are appended there as they are made (a rerun skips what is done) and the
-    results JSON, Markdown table and plots are written there. Queries: the first `limit` evaluation items; demos:
-    `selection` (None: the task's) from a pool of `pool_size` train items drawn with `seed`; trial t uses seed
-    `seed + t`. With
-    selection `support`, a query's k demos are the first k of its own (`Item.support`), the same in every trial.
-    A cell's queries go through the model `batch_size` at a time (default: `answer.default_batch_size`); answers
-    and scores equal one-by-one answering, whatever the batch size. `workers` processes prepare the batches'
-    images and prompts ahead of the model (None: `core.pipeline.default_workers()`; 0: in this thread).
+    """Evaluate `task` (a task without items is read by its loader first): one row per (mode, shots, metric), see
+    `aggregate`. With `output_dir`, predictions are appended there as made (a rerun skips what is done), then the
+    results JSON, Markdown table and plots written. Queries: the first `limit` evaluation items; demos:
+    `selection` (None: the task's) from `pool_size` train items drawn with `seed`, trial t using `seed + t`
+    (`support`: a query's first k of its own `Item.support`). `batch_size` queries per forward pass (answers as
+    one by one); `workers` processes prepare batches ahead (None: `core.pipeline.default_workers()`; 0: none).
     """
     if not task.test and task.load is not None:
         task = task.loaded()
@@ -100,11 +95,10 @@ def run_eval(
     queries = task.test if limit is None else task.test[:limit]
     pool = plan_pool(task, queries, shots, modes, selection, pool_size, seed)
     state = process_state(aim.backbone.device.type)
-    directory = None if output_dir is None else Path(output_dir)
-    store = PredictionStore(directory, state.process_index, state.num_processes)
-    if directory is not None:
-        config = run_config(aim, task, selection, seed, pool_size, max_new_tokens, bank is not None)
-        check_run_config(directory, config, state)
+    setup = functools.partial(
+        run_config, aim, task, selection, seed, pool_size, max_new_tokens, bank is not None
+    )
+    store = open_store(output_dir, setup, state)
     cells = plan_cells(modes, shots, trials, seed)
     use_bank = bank is not None and pool and (selection == "similarity" or "aim" in modes)
     pool_bank = open_pool_bank(bank, aim, task, pool, state) if use_bank else None
@@ -123,10 +117,10 @@ def run_eval(
             pool_bank.bank.close()
     state.wait_for_everyone()
     rows = rows_from_records(task, cells, queries, store.read("predictions"), store.read("stats"), selection)
-    if directory is not None and state.is_main_process:
+    if store.directory is not None and state.is_main_process:
         from aim_icl.eval.report import write_report
 
-        write_report(rows, directory)
+        write_report(rows, store.directory)
     state.wait_for_everyone()
     return rows
 
@@ -250,6 +244,15 @@ def run_config(
         "max_new_tokens": max_new_tokens or task.max_new_tokens,
         "bank": bank,  # bank states are stored in float16: `aim` answers may differ slightly
     }
+
+
+def open_store(output_dir: str | Path | None, setup: Callable[[], dict], state) -> PredictionStore:
+    """This process's prediction store (in memory without a directory); a directory holding predictions of
+    another setup (`setup()`: what they depend on) is refused."""
+    directory = None if output_dir is None else Path(output_dir)
+    if directory is not None:
+        check_run_config(directory, setup(), state)
+    return PredictionStore(directory, state.process_index, state.num_processes)
 
 
 def projector_fingerprint(aim: AIM) -> str:
