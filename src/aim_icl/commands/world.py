@@ -41,7 +41,7 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vision-steps", type=int, help="stage 1 steps (default: the recipe's)")
     p.add_argument(
-        "--lm-steps", type=int, help="stage 2 steps, the curriculum scaled to them (default: 4500)"
+        "--lm-steps", type=int, help="stage 2 steps, the curriculum scaled to them (default: 5500)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in --output")
     _add_threads(p)

@@ -64,8 +64,13 @@ class PretrainConfig:
         return sum(phase[0] for phase in self.curriculum)
 
     def with_lm_steps(self, total: int) -> PretrainConfig:
-        """The same curriculum scaled to `total` steps (each phase at least one step)."""
-        scaled = tuple((max(1, round(n * total / self.lm_steps)), *rest) for n, *rest in self.curriculum)
+        """The same curriculum scaled to `total` steps exactly (each phase at least one step)."""
+        ends, end = [], 0
+        for cumulative in itertools.accumulate(phase[0] for phase in self.curriculum):
+            end = max(end + 1, round(cumulative * total / self.lm_steps))
+            ends.append(end)
+        starts = [0, *ends[:-1]]
+        scaled = tuple((e - s, *rest) for s, e, (_, *rest) in zip(starts, ends, self.curriculum))
         return replace(self, curriculum=scaled)
 
     def lr_at(self, step: int) -> float:
