@@ -114,6 +114,7 @@ def draw(driver, task: str, seed: int, shots: int) -> None:
 def run_and_wait(driver, keyboard: bool = False) -> None:
     from selenium.webdriver.common.keys import Keys
 
+    driver.execute_script("document.body.dataset.run = 'asked'")  # a previous run's "done" is not this one's
     if keyboard:  # Ctrl+Enter from the prompt field
         by_css(driver, "#query-text").send_keys(Keys.CONTROL, Keys.ENTER)
     else:
@@ -132,6 +133,14 @@ def messages_of(episode: dict) -> list[dict]:
     for demo in episode["demos"]:
         messages += [user(demo), {"role": "assistant", "content": demo["answer"]}]
     return [*messages, user(episode["query"])]
+
+
+def verdict(answer: str, expected: str) -> str:
+    """What the page must show for an answer: right when the answer, or its first sentence (up to " ."), is the
+    expected one."""
+    answer = answer.strip()
+    first = answer[: answer.index(" .") + 2] if " ." in answer else answer
+    return "✓ right" if expected.strip() in (answer, first) else "✗ wrong"
 
 
 def png_bytes(colour: tuple[int, int, int]) -> bytes:
@@ -163,13 +172,29 @@ def test_a_world_episode_in_four_modes_answers_as_the_api_does(page, api):
         assert text_of(page, f"{card} .error") == ""
         body = {"messages": messages_of(episode), "aim_mode": mode, "max_tokens": episode["max_tokens"]}
         reply = api.post("/v1/chat/completions", json=body).json()
-        expected = reply["choices"][0]["message"]["content"] or "(empty)"
-        assert text_of(page, f"{card} .answer") == expected, mode
+        answer = reply["choices"][0]["message"]["content"]
+        assert text_of(page, f"{card} .answer") == (answer or "(empty)"), mode
         assert text_of(page, f"{card} .tokens") == str(reply["usage"]["prompt_tokens"]), mode
         assert text_of(page, f"{card} .latency").endswith(" ms")
+        assert text_of(page, f"{card} .verdict") == verdict(answer, episode["answer"]), mode
     assert text_of(page, "[data-mode=aim] .latency").startswith("first token")  # it streamed
-    assert text_of(page, "[data-mode=aim] .verdict") in ("✓ right", "✗ wrong")
     save_screenshot(page, "#answers")
+
+
+def test_the_verdict_follows_the_right_answer_field(page):
+    """Whatever the model answers: named the right answer, it is judged right; another answer, wrong."""
+    answer = text_of(page, "[data-mode=aim] .answer")  # the previous test's run
+    assert answer not in ("", "(empty)", "—")
+    for expected, shown in ((answer, "✓ right"), (answer + " not", "✗ wrong")):
+        by_css(page, "#expected").clear()
+        by_css(page, "#expected").send_keys(expected)
+        run_and_wait(page)
+        assert text_of(page, "[data-mode=aim] .answer") == answer  # greedy: the same answer again
+        assert text_of(page, "[data-mode=aim] .verdict") == shown
+        for mode in MODES:
+            card = f"[data-mode={mode}]"
+            assert text_of(page, f"{card} .error") == "", mode
+            assert text_of(page, f"{card} .verdict") == verdict(text_of(page, f"{card} .answer"), expected)
 
 
 def save_screenshot(driver, last: str) -> None:
