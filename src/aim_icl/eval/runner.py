@@ -249,10 +249,10 @@ def run_config(
 def open_store(output_dir: str | Path | None, setup: Callable[[], dict], state) -> PredictionStore:
     """This process's prediction store (in memory without a directory); a directory holding predictions of
     another setup (`setup()`: what they depend on) is refused."""
-    directory = None if output_dir is None else Path(output_dir)
-    if directory is not None:
-        check_run_config(directory, setup(), state)
-    return PredictionStore(directory, state.process_index, state.num_processes)
+    store = PredictionStore(output_dir, state.process_index, state.num_processes)  # makes the directory
+    if store.directory is not None:
+        check_run_config(store.directory, setup(), state)
+    return store
 
 
 def projector_fingerprint(aim: AIM) -> str:
