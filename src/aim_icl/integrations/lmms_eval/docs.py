@@ -22,6 +22,7 @@ from aim_icl.eval.task import Task
 logger = logging.getLogger(__name__)
 SUPPORT_COLUMN = "support_ids"  # a query document's own demos: ids of fewshot documents, in order
 ID_COLUMN = "id"
+REFERENCES = "answers"  # a VQA document's human answers
 
 
 class TaskView:
@@ -31,7 +32,7 @@ class TaskView:
         self.task = task
         self.name: str = task.config.task
         self.delimiter: str = task.config.target_delimiter
-        self._warned_images = False
+        self._warned_images = self._warned_target = False
 
     @cached_property
     def harness_task(self) -> Task:
@@ -66,14 +67,27 @@ class TaskView:
         return text
 
     def target(self, split: str, index: int) -> str:
-        """The answer a demo shows, as lmms-eval's sampler writes it."""
+        """The answer a demo shows, as lmms-eval's sampler writes it; where `doc_to_target` names a column the
+        documents lack (lmms-eval's OK-VQA YAML names `answer`, its data has only `answers`), the most common of
+        the document's references."""
         doc = self.doc(split, index, media=False)
+        if self._target_names_no_column(doc):
+            return _most_common(doc[REFERENCES])
         target = self.task.doc_to_target(doc)
         if isinstance(target, list):
             target = target[0] if target else ""
         if isinstance(target, int) and self.task.config.doc_to_choice is not None:
             target = self.task.doc_to_choice(doc)[target]
         return str(target)
+
+    def _target_names_no_column(self, doc: dict) -> bool:
+        name = self.task.config.doc_to_target
+        missing = isinstance(name, str) and name not in doc and "{" not in name and REFERENCES in doc
+        if missing and not self._warned_target:
+            self._warned_target = True
+            logger.warning("task %s: doc_to_target %r names no column: demos show the most common of %r",
+                           self.name, name, REFERENCES)  # fmt: skip
+        return missing
 
     def image(self, split: str, index: int) -> Image.Image | None:
         """The document's first visual as an RGB image (None for a text-only document)."""
@@ -124,6 +138,13 @@ class TaskView:
             if requested:
                 raise AIMError(f"task {self.name} has no split {name!r} (it has {', '.join(splits)})")
         return query_split
+
+
+def _most_common(references: list) -> str:
+    """The most common reference (the first among equals), as the harness's demos show; VQAv2's references are
+    `{"answer": ...}` records."""
+    answers = [r["answer"] if isinstance(r, dict) else str(r) for r in references]
+    return max(answers, key=answers.count) if answers else ""
 
 
 def _as_generated(text: str) -> str:

@@ -9,7 +9,8 @@ batched path (`answer.answer_all`), `batch_size` queries per model call.
   at many shots) is not run: it answers "" (scored wrong), and one warning says how many did not fit.
 - `loglikelihood` (the simple class, `--force_simple`; multiple-choice tasks): per continuation, its negative
   log-likelihood summed over its tokens (lmms-eval's HF models return a loss and its multiple-choice scoring takes
-  the smallest), and whether greedy generation starts with it. A prompt past the context scores `inf`.
+  the smallest), and whether greedy generation starts with it. A prompt past the context scores `inf`. lmms-eval
+  0.7.3's response cache (`--use_cache`) cannot store these results: run multiple-choice tasks without it.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@
   `answer`, `choices`: the item's closed answer set, `support_ids`: its own demos, in order) and split `train`
   every query's demos (`id`, `image`, `question`, `answer`). A demo's text is `question + " " + answer`, exactly
   the harness's `demo_template`, so the documents give `aim-icl eval` the same items and demos.
-- `vqa`: the OK-VQA schema (`question_id`, `question`, `answers`: ten references, `answer`, `image`, ...) on
-  world scenes with attribute questions; split `val2014` (as lmms-eval's OK-VQA) holds the queries, `train` the
-  demos' documents.
+- `vqa`: lmms-lab/OK-VQA's schema (`question_id`, `image`, `question`, `answers`: ten references,
+  `question_type`, `answer_type`) on world scenes with attribute questions; split `val2014` (as lmms-eval's
+  OK-VQA) holds the queries, `train` the demos' documents.
 """
 
 from __future__ import annotations
@@ -68,15 +68,13 @@ def _vqa_row(rng: random.Random, index: int) -> dict:
     scene = sample_scene(rng)
     question, answer = QA[attribute]
     answer = fill(answer, scene)
-    return {
-        "question_id": index,
+    return {  # lmms-lab/OK-VQA's columns, in its order
+        "question_id": str(index),
+        "image": scene.render(),
         "question": question,
+        "answers": [answer] * VQA_REFERENCES,
         "question_type": attribute,
         "answer_type": "other",
-        "answers": [answer] * VQA_REFERENCES,
-        "answer": answer,
-        "image_id": index,
-        "image": scene.render(),
     }
 
 
