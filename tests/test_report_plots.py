@@ -30,4 +30,4 @@ def test_axis_labels_and_tick_labels_fit_in_the_figure(metrics, tmp_path, monkey
     for ax in fig.axes:
         for artist in (ax.yaxis.label, ax.xaxis.label, *ax.get_yticklabels()):
             box = artist.get_window_extent(renderer)
-            assert 0 <= box.x0 and box.x1 <= width and box.y0 >= 0, artist.get_text()
+            assert box.x0 >= 0 and box.x1 <= width and box.y0 >= 0, artist.get_text()
