@@ -245,7 +245,7 @@ def test_the_shipped_world_projector_has_its_card_naming_the_shipped_backbone():
 
     card = (PROJECTOR_DIR / CARD_NAME).read_text()
     assert front_matter(card)["library_name"] == "aim-icl"
-    assert "| kind | residual |" in card and "| steps trained | 1500 |" in card
+    assert "| kind | gated |" in card and "| steps trained | 1500 |" in card
     assert "| fast_binding | aim | 16 | likelihood_accuracy |" in card  # its evaluation table
     assert backbone_fingerprint(load_shipped())["weights_hash"] in card
     check_fingerprint(PROJECTOR_DIR)  # a README beside the weights leaves the shipped weights' check intact

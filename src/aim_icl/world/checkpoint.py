@@ -85,7 +85,7 @@ def load_shipped(
     from aim_icl.core.aim import AIM
     from aim_icl.core.hub_files import hub_source
 
-    model_dir = _checked(model, MODEL_DIR, "config.json", "world model", "aim-icl world pretrain --out")
+    model_dir = _checked(model, MODEL_DIR, "config.json", "world model", "aim-icl world pretrain --output")
     projector_dir = None
     if with_projector and projector is not None and hub_source(projector) is not None:
         projector_dir = str(projector)  # a Hub repo: loading checks it, before its weights are fetched
