@@ -1,4 +1,5 @@
-"""Serving on Ray Serve: replicas answer as the single process does, share one bank, survive SIGKILL, share tasks.
+"""Serving on Ray Serve: replicas answer as the single process does, share one bank, survive SIGKILL, share tasks
+through the bank file's task table.
 
 The Ray tests start one local Ray cluster (127.0.0.1, 2 CPUs, no dashboard) for the module and tear it down.
 """
@@ -19,11 +20,12 @@ import httpx
 import openai
 import psutil
 import pytest
+from conftest import free_port, make_demos, tiny_aim
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from aim_icl import AIM, AIMError, Demo, DemoBank
-from aim_icl.bank import BankStore, content_key
+from aim_icl.bank import BankStore, backbone_fingerprint, content_key
 from aim_icl.bank.layered import claim_shard, merge_replica_shards, shard_path, shards_of
 from aim_icl.cli import build_parser, main
 from aim_icl.commands.serve import server_config
@@ -31,9 +33,7 @@ from aim_icl.serve import cluster
 from aim_icl.serve.app import ServerConfig, create_app
 from aim_icl.serve.metrics_mirror import MetricsMirror
 from aim_icl.serve.service import ModelService
-from aim_icl.serve.task_sync import TaskBoard, TaskSync
 from aim_icl.testing.tiny import tiny_image
-from tests.conftest import free_port, make_demos, tiny_aim
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")  # Ray's own pydantic usage
 
@@ -126,43 +126,30 @@ def test_replica_flags_choose_ray_and_bad_ones_fail_in_one_line_before_any_model
     )
 
 
-class LocalBoard:
-    """The `TaskBoard` actor's interface in-process: `board.publish.remote(body)` and `.since.remote(n)` awaitables."""
-
-    def __init__(self):
-        self.board = TaskBoard()
-        self.publish, self.since = _Remote(self.board.publish), _Remote(self.board.since)
-
-
-class _Remote:
-    def __init__(self, fn):
-        self.fn = fn
-
-    async def remote(self, *args):
-        return self.fn(*args)
-
-
-def test_a_task_created_on_one_app_is_replayed_on_the_others_through_their_own_route():
-    aim, board = tiny_aim("llava"), LocalBoard()
+def test_two_replicas_see_one_task_store(tmp_path):
+    """Two services over one shared bank (as two replicas): a task one creates, the other lists and answers the
+    same; one deletes it, the other no longer has it. No body is replayed: both read the bank's task table."""
+    aim = tiny_aim("llava")
+    bank = tmp_path / "bank.sqlite"
+    BankStore(bank, backbone_fingerprint(aim)).close()  # as the first replica does
     config = ServerConfig(api_key=KEY, max_new_tokens=3)
-    apps = []
-    for _ in range(2):
-        service = ModelService(aim)
-        app = create_app(service, config)
-        app.add_middleware(TaskSync, board=board, known=service.tasks.__contains__, headers=AUTH)
-        apps.append(app)
+    apps = [
+        create_app(ModelService(aim, shard_path(bank, name), bank_over=bank, config=config)) for name in "ab"
+    ]
     task = {"name": "t", "mode": "aim", "demos": [{"image": png_url(1), "text": f"{QUESTION} red"}]}
     question = {"image": png_url(99), "question": QUESTION}
     with TestClient(apps[0], headers=AUTH) as first, TestClient(apps[1], headers=AUTH) as second:
-        refused = first.post("/v1/tasks", json={**task, "template": "{x}"})
-        assert refused.status_code == 400  # and not published
+        assert first.post("/v1/tasks", json={**task, "template": "{x}"}).status_code == 400
         assert first.post("/v1/tasks", json=task).status_code == 201
-        assert len(board.board.bodies) == 1
-        assert second.get("/v1/tasks").json()["data"][0]["name"] == "t"
+        assert [t["name"] for t in second.get("/v1/tasks").json()["data"]] == ["t"]
+        assert second.get("/v1/tasks").json()["persistent"]
         one, other = (c.post("/v1/tasks/t/predict", json=question) for c in (first, second))
         assert one.status_code == other.status_code == 200 and one.json()["answer"] == other.json()["answer"]
-        assert first.post("/v1/tasks", json=task).status_code == 409  # as on one server: the name is taken
-        assert len(board.board.bodies) == 1
+        assert second.post("/v1/tasks", json=task).status_code == 409  # the name is taken, on either replica
+        assert second.delete("/v1/tasks/t").json() == {"object": "task.deleted", "name": "t", "deleted": True}
+        assert first.get("/v1/tasks/t").status_code == 404
+        assert first.post("/v1/tasks/t/predict", json=question).status_code == 404
+        assert first.get("/v1/tasks").json()["data"] == []
 
 
 def test_every_metric_sample_of_a_replica_is_mirrored_with_its_labels():
@@ -245,7 +232,6 @@ def served(model_dir):
         name="aim",
         bank=str(directory / "bank.sqlite"),
         config=config,
-        board=f"test-tasks-{os.getpid()}",
     )
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)
@@ -341,6 +327,9 @@ def test_a_task_created_on_one_replica_answers_on_every_replica(served):
     assert len({r.headers[cluster.REPLICA_HEADER] for r in answers}) == 2
     listed = httpx.get(f"{url}/v1/tasks", headers=headers, timeout=60).json()["data"]
     assert [t["name"] for t in listed] == ["colours"]
+    assert httpx.delete(f"{url}/v1/tasks/colours", headers=headers, timeout=60).status_code == 200
+    gone = concurrently(predict, range(4))  # whichever replica answers: the task is gone from the store
+    assert [r.status_code for r in gone] == [404] * 4
 
 
 def test_two_replicas_adding_the_same_demos_at_once_store_each_once(served, model_dir, tmp_path):

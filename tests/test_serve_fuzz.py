@@ -4,6 +4,8 @@ answering; the limits that live in the HTTP protocol (header size, header read t
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import socket
 import time
@@ -15,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aim_icl.testing.tiny import tiny_image
-from tests.test_serve_hardening import data_url
 
 MAX_HEADER_BYTES = 4096
 READ_TIMEOUT = 2
@@ -46,6 +47,12 @@ def still_answers(http: httpx.Client) -> None:
         "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     )
     assert reply.status_code == 200, reply.text
+
+
+def data_url(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 # -- odd values -------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Batched serving in process: the worker's batches, per-request sampling, stop strings, streaming as generated.
+"""Serving in process: requests sharing decoding steps, per-request sampling, stop strings, streaming as generated.
 
 The embedded world model (loaded from the package, word-level tokenizer) answers: its greedy answers are fixed.
 """
@@ -12,17 +12,16 @@ import io
 import json
 import random
 import threading
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 
 import httpx
 import pytest
 
 from aim_icl.serve.app import ServerConfig, create_app
 from aim_icl.serve.chat import Conversation
+from aim_icl.serve.engine import Engine
+from aim_icl.serve.events import Done, Finished, Text
 from aim_icl.serve.sampling import Generation
 from aim_icl.serve.service import ModelService
-from aim_icl.serve.worker import ModelWorker
 from aim_icl.world.checkpoint import load_shipped
 from aim_icl.world.scene import sample_scene
 
@@ -93,55 +92,23 @@ def metric(app, name: str) -> float:
     return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
 
 
-# -- the worker ------------------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class FakeJob:
-    name: str
-    rows: int = 1
-    future: Future = field(default_factory=Future)
-
-
-def test_worker_batches_waiting_jobs_and_retries_a_failed_batch_one_by_one():
-    seen, batches = [], []
-
-    def handler(jobs):
-        seen.append([j.name for j in jobs])
-        if len(jobs) > 1 and any(j.name == "bad" for j in jobs):
-            raise RuntimeError("the batch broke")
-        for job in jobs:
-            if job.name == "bad":
-                raise ValueError("this request is broken")
-            job.future.set_result(job.name.upper())
-
-    worker = ModelWorker(max_waiting=8, max_batch_size=3, on_batch=lambda rows, waits: batches.append(rows))
-    release, started = threading.Event(), threading.Event()
-    worker.submit(lambda: started.set() or release.wait(10))
-    assert started.wait(10)
-    jobs = [FakeJob("a"), FakeJob("bad"), FakeJob("c"), FakeJob("d", rows=2)]
-    futures = [worker.submit_batched(handler, job) for job in jobs]
-    release.set()
-    assert futures[0].result(10) == "A" and futures[2].result(10) == "C" and futures[3].result(10) == "D"
-    with pytest.raises(ValueError, match="this request is broken"):
-        futures[1].result(10)
-    # a, bad and c fill the 3 rows (d's 2 rows wait); the broken batch is retried request by request
-    assert seen == [["a", "bad", "c"], ["a"], ["bad"], ["c"], ["d"]]
-    assert batches == [1, 3, 2]
-    worker.close()
-
-
 # -- batching through the app -----------------------------------------------------------------------------------
 
 
-def test_concurrent_requests_share_one_batch_and_get_their_own_greedy_answers(world, app):
+def test_concurrent_requests_share_decoding_steps_and_get_their_own_greedy_answers(world, app):
     bodies = [ask(q, max_tokens=3 + i) for i, q in enumerate(QUESTIONS * 2)]
     responses = post_all(app, bodies, hold=True)
     answers = [expected(world, q, 3 + i) for i, q in enumerate(QUESTIONS * 2)]
     assert [texts(r)[0] for r in responses] == answers
-    assert metric(app, "aim_batch_size_count") == 2  # the blocking call, then all eight requests at once
-    assert metric(app, "aim_batch_size_sum") == 1 + len(bodies)
-    assert metric(app, "aim_queue_wait_seconds_count") == 1 + len(bodies)
+    assert metric(app, "aim_queue_wait_seconds_count") == len(bodies)  # each joined the rows once
+    steps = metric(app, "aim_batch_size_count")
+    assert (
+        metric(app, 'aim_batch_size_bucket{le="4.0"}') < steps
+    )  # some steps ran more than four rows at once
+    # every request's tokens but the first (read with its prompt) came from a shared step
+    assert metric(app, "aim_batch_size_sum") == sum(
+        r.json()["usage"]["completion_tokens"] - 1 for r in responses
+    )
 
 
 def test_a_request_that_fails_in_a_batch_fails_alone(app):
@@ -218,54 +185,27 @@ def test_out_of_range_fields_get_an_error_naming_the_field(app, fields, status, 
 # -- streaming ---------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RecordingSink:
-    forwards: list
-    events: list = field(default_factory=list)
-
-    def start(self):
-        self.events.append(("start", len(self.forwards)))
-
-    def text(self, choice, piece):
-        self.events.append(("text", len(self.forwards), piece))
-
-    def end(self, choice, reason):
-        self.events.append(("end", len(self.forwards), reason))
-
-
 def test_streamed_text_is_sent_as_it_is_generated(world):
-    forwards = []
+    forwards, events = [], []
     hook = world.model.register_forward_hook(lambda *_: forwards.append(1))  # one call per generated token
-    service, sink = ModelService(world), RecordingSink(forwards)
+    service = ModelService(world)
+    engine = Engine(service, service.config)
     chat = Conversation([], SCENE, QUESTIONS[0])
-    job = service.chat_job(chat, "aim", Generation(max_tokens=6), deadline=float("inf"), sink=sink)
+    job = service.prepare(service.chat_job(chat, "aim", Generation(max_tokens=6), float("inf"), stream=True))
+    done = threading.Event()
+    job.emit = lambda event: events.append((event, len(forwards))) or (isinstance(event, Done) and done.set())
     try:
-        service.generate([job])
+        engine.start(job)
+        assert done.wait(60)
     finally:
         hook.remove()
-    answer = job.future.result(0)
-    pieces = [e for e in sink.events if e[0] == "text"]
+        engine.close()
+    pieces = [(e.piece, at) for e, at in events if isinstance(e, Text)]
     assert len(pieces) > 1 and pieces[0][1] == 1  # the first piece left after the first forward pass
     assert pieces[-1][1] == len(forwards) == 6
-    assert "".join(e[2] for e in pieces) == answer.text == "a small white ring on the"
-    assert sink.events[-1] == ("end", 6, "length")
-
-
-def test_a_request_whose_client_left_stops_generating(world):
-    forwards = []
-    hook = world.model.register_forward_hook(lambda *_: forwards.append(1))
-    service, sink = ModelService(world), RecordingSink(forwards)
-    chat = Conversation([], SCENE, QUESTIONS[0])
-    job = service.chat_job(chat, "aim", Generation(max_tokens=12), deadline=float("inf"), sink=sink)
-    sink.text = lambda choice, piece: setattr(
-        job, "abandoned", True
-    )  # the client leaves after the first piece
-    try:
-        service.generate([job])
-    finally:
-        hook.remove()
-    assert len(forwards) == 2  # the step that saw it leave ended the row: no more forwards for it
-    assert job.future.result(0).choices[0].finish_reason == "abandoned"
+    answer = events[-1][0].answer
+    assert "".join(p for p, _ in pieces) == answer.text == "a small white ring on the"
+    assert [(e.reason, at) for e, at in events if isinstance(e, Finished)] == [("length", 6)]
 
 
 def test_stream_chunks_add_up_to_the_answer_with_stop_strings_and_usage_last(app):
@@ -297,10 +237,10 @@ def test_serve_without_model_serves_the_world_model(world, monkeypatch):
 
     served, parser = {}, argparse.ArgumentParser()
     serve.add_arguments(parser)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app, **kwargs))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server: served.update(config=server.config))
     assert serve.run(parser.parse_args(["--port", "8123", "--max-batch-size", "4"])) == 0
-    app = served["app"]
-    assert served["port"] == 8123 and app.state.config.max_batch_size == 4
+    app = served["config"].app
+    assert served["config"].port == 8123 and app.state.config.max_batch_size == 4
     (response,) = post_all(app, [ask(QUESTIONS[2])])
     assert texts(response) == [expected(world, QUESTIONS[2])]
     app.state.worker.close()

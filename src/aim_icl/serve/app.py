@@ -1,6 +1,6 @@
-"""The app factory: routes + error handlers + API key + request limits + one batching model worker behind a bounded
-queue. `create_app(service, config)` builds everything from a service object and assumes nothing about the process
-it runs in (a Ray Serve deployment wraps the same app)."""
+"""The app factory: routes + error handlers + API key + request limits + the engine (one model thread scheduling
+generation per step, behind a bounded queue). `create_app(service)` builds everything from a service made with its
+`ServerConfig` and assumes nothing about the process it runs in (a Ray Serve deployment wraps the same app)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,13 +20,17 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from aim_icl.errors import AIMError
-from aim_icl.serve.chat import DEFAULT_DEMO_TEMPLATE
+from aim_icl.serve.config import ServerConfig
+from aim_icl.serve.engine import Engine, QueueFull
 from aim_icl.serve.errors import STATUS, RequestError, error_body
-from aim_icl.serve.images import ImagePolicy
 from aim_icl.serve.playground import router as playground_router
 from aim_icl.serve.routes import router
-from aim_icl.serve.service import GenerationJob, ModelService
-from aim_icl.serve.worker import ModelWorker, QueueFull
+from aim_icl.serve.service import ModelService
+
+__all__ = [
+    "ServerConfig",
+    "create_app",
+]  # ServerConfig lives in `serve.config` (no FastAPI): importable here too
 
 logger = logging.getLogger(__name__)
 
@@ -35,39 +38,29 @@ CLIENT_GONE = 499  # the status counted for a request whose client left before i
 OPEN_PATHS = ("/health", "/")  # answered without the API key (readiness probes; the playground page, no data)
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    api_key: str | None = None
-    queue_size: int = 32  # requests waiting for the model worker; more get 503
-    max_batch_size: int = 8  # rows the worker generates at once (a request asking n choices is n rows)
-    max_n: int = 8  # choices one request may ask for
-    timeout_s: float = 60.0  # per request, waiting in the queue included
-    max_body_bytes: int = 32 * 1024 * 1024
-    read_timeout_s: float = 30.0  # to receive a request's body (its headers: the HTTP protocol, `serve.http`)
-    max_demos: int = 32
-    max_new_tokens: int = 64  # when the request names no max_tokens
-    max_new_tokens_cap: int = 1024
-    max_tasks: int = 100  # tasks registered at once; more get 429
-    max_bank_demos: int = 10_000  # demos the bank may hold before requests stop adding to it
-    demo_template: str = DEFAULT_DEMO_TEMPLATE
-    images: ImagePolicy = field(default_factory=ImagePolicy)
-
-
-def create_app(service: ModelService, config: ServerConfig) -> FastAPI:
-    worker = ModelWorker(config.queue_size, config.max_batch_size, on_batch=service.metrics.observe_batch)
-    service.metrics.watch_queue(lambda: worker.waiting)
-    service.max_tasks, service.max_bank_demos = config.max_tasks, config.max_bank_demos
+def create_app(service: ModelService, config: ServerConfig | None = None) -> FastAPI:
+    """The app serving `service` under its config; `config` serves the same service (model, bank, tasks) under
+    another one."""
+    if config is not None and config != service.config:
+        service = service.with_config(config)
+    config = service.config
+    engine = Engine(service, config)
+    service.metrics.watch_queue(lambda: engine.waiting)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        await asyncio.wrap_future(engine.started)  # a bank or task table that cannot be read stops the start
         yield
-        worker.submit(service.close)  # the bank's connection belongs to the worker's thread
-        worker.close()
+        try:
+            engine.submit(service.close)  # the bank's connection belongs to the engine's thread
+        except QueueFull:
+            logger.warning("the queue was full at shutdown: the bank is closed with the process")
+        engine.close()
 
     app = FastAPI(title="aim-icl", lifespan=lifespan)
-    app.state.service, app.state.config, app.state.worker = service, config, worker
-    app.state.run = _runner(worker, config.timeout_s)
-    app.state.generate = _generator(worker, service)
+    app.state.service, app.state.config, app.state.engine = service, config, engine
+    app.state.worker = engine  # the name tests and tools used for the model's thread
+    app.state.run = _runner(engine, config.timeout_s)
     app.include_router(router)
     app.include_router(playground_router)  # GET /: the playground page
     _add_error_handlers(app, config)
@@ -92,29 +85,15 @@ def error_response(
     return ErrorJSON(error_body(status, message, param), status_code=status, headers=headers)
 
 
-def _runner(worker: ModelWorker, timeout_s: float) -> Callable:
+def _runner(engine: Engine, timeout_s: float) -> Callable:
     async def run(fn: Callable[[float], Any]) -> Any:
-        """Run `fn(deadline)` on the model worker; 503 when the queue is full, 504 past the deadline."""
+        """Run `fn(deadline)` on the model's thread between steps; 503 when the queue is full, 504 past the
+        deadline."""
         deadline = time.monotonic() + timeout_s
-        future = worker.submit(fn, deadline)
+        future = engine.submit(fn, deadline)
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)  # cancels it if still waiting
 
     return run
-
-
-def _generator(worker: ModelWorker, service: ModelService) -> Callable:
-    async def generate(job: GenerationJob) -> Any:
-        """Answer `job` in the worker's next batch; 503 when the queue is full, 504 past its deadline."""
-        future = worker.submit_batched(service.generate, job)
-        try:
-            return await asyncio.wait_for(
-                asyncio.wrap_future(future), max(job.deadline - time.monotonic(), 0)
-            )
-        except TimeoutError:
-            job.abandoned = True  # stops its rows if they are generating
-            raise
-
-    return generate
 
 
 def _add_error_handlers(app: FastAPI, config: ServerConfig) -> None:

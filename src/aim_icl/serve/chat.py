@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from PIL import Image
 
 from aim_icl.core.demo import Demo
+from aim_icl.serve.config import DEFAULT_DEMO_TEMPLATE
 from aim_icl.serve.errors import RequestError
 from aim_icl.serve.images import ImagePolicy, fetch_image
 from aim_icl.serve.schemas import ChatMessage
 
-# a chat demonstration's text: the user's text of the example turn, then the assistant's answer
-DEFAULT_DEMO_TEMPLATE = "{user} {assistant}"
+__all__ = ["DEFAULT_DEMO_TEMPLATE", "Conversation", "parse_chat"]
 
 
 @dataclass

@@ -6,18 +6,20 @@ replica (each response says which one in `x-aim-replica`; every replica's metric
 by replica and application: `serve.metrics_mirror`). Ray Serve adds what one process lacks: replicas on
 several GPUs and nodes, autoscaling between bounds, replacement of a replica that dies, and a proxy that routes each
 request to a replica with room for it. Two things a replica keeps are shared here:
-- the Demonstration Bank: every replica reads the shared bank and writes only its own shard (`bank.layered`);
-  shards are merged into the bank when the server starts and stops;
-- named tasks: replayed on every replica from a small board actor (`serve.task_sync`).
+- the Demonstration Bank: every replica reads the shared bank and writes the demos chats bring only to its own
+  shard (`bank.layered`); shards are merged into the bank when the server starts and stops;
+- named tasks: stored in the shared bank file's task table with the demos they name (`bank.tasks`), which every
+  replica reads and brings itself in step with before answering a task request. Without `--bank` a local cluster
+  shares a temporary bank file; a remote one needs `--bank` on a filesystem every node reads.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -32,7 +34,6 @@ if TYPE_CHECKING:  # the app module imports FastAPI; this one stays light for th
 logger = logging.getLogger(__name__)
 
 APP_NAME = "aim-icl"
-BOARD_NAMESPACE = "aim-icl"
 REPLICA_HEADER = "x-aim-replica"
 # warnings and errors only, as the single-process server logs (Ray keeps its full logs under /tmp/ray)
 QUIET_LOGS = {"log_level": "WARNING", "enable_access_log": False}
@@ -46,9 +47,9 @@ class ReplicaSpec:
     projector: str | None
     device: str
     name: str  # the model name clients see
-    bank: str | None  # the shared bank; None: a temporary bank per replica
+    bank: str | None  # the shared bank (created by the first replica): demos and tasks; None: not chosen yet
     config: ServerConfig
-    board: str = f"{APP_NAME}-tasks"  # name of the task board actor
+    temporary_bank: bool = False  # a bank for this run only (no --bank on a local cluster)
     threads: int = 1  # torch threads per replica on the CPU
     workers: int = 0  # prompt-preparing processes per replica (replicas already share the node's cores)
 
@@ -114,41 +115,40 @@ class AIMReplica:
     """One Serve replica: the model, its service and the single-process app (built by `__serve_build_asgi_app__`)."""
 
     def __init__(self, spec: ReplicaSpec):
-        import ray
         import torch
         from ray import serve
 
+        from aim_icl.bank import BankStore, backbone_fingerprint
         from aim_icl.bank.layered import claim_shard, shard_path
         from aim_icl.models import load_aim
         from aim_icl.serve.metrics_mirror import MetricsMirror, ray_gauge
         from aim_icl.serve.service import ModelService
-        from aim_icl.serve.task_sync import TaskBoard
 
         self.spec = spec
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         if spec.device == "cpu":
             torch.set_num_threads(spec.threads)
         aim = load_aim(spec.model, spec.projector, device=spec.device)
-        shard, over, self._claim = None, None, None
-        if spec.bank is not None:  # this replica's own file; the shared bank is read only (once it exists)
-            shard = shard_path(spec.bank, self.replica_id)
-            self._claim = claim_shard(shard)
-            over = spec.bank if Path(spec.bank).is_file() else None
-        self.service = ModelService(aim, shard, model_name=spec.name, bank_over=over, workers=spec.workers)
-        board = ray.remote(TaskBoard).options(
-            name=spec.board, namespace=BOARD_NAMESPACE, get_if_exists=True, lifetime="detached", num_cpus=0
+        BankStore(spec.bank, backbone_fingerprint(aim)).close()  # the first replica creates the shared bank
+        shard = shard_path(
+            spec.bank, self.replica_id
+        )  # this replica's own file; the shared bank is read only
+        self._claim = claim_shard(shard)
+        self.service = ModelService(
+            aim,
+            shard,
+            model_name=spec.name,
+            bank_over=spec.bank,
+            workers=spec.workers,
+            config=spec.config,
+            temporary_bank=spec.temporary_bank,
         )
-        self.board = board.remote()
         self._mirror = MetricsMirror(self.service.metrics.registry, ray_gauge).start()
 
     def __serve_build_asgi_app__(self):
         from aim_icl.serve.app import create_app
-        from aim_icl.serve.task_sync import TaskSync
 
-        config = self.spec.config
-        app = create_app(self.service, config)
-        headers = {"authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-        app.add_middleware(TaskSync, board=self.board, known=self.service.tasks.__contains__, headers=headers)
+        app = create_app(self.service)
         app.add_middleware(TagReplica, replica_id=self.replica_id)
         return app
 
@@ -186,14 +186,6 @@ def application(spec: ReplicaSpec, scaling: Scaling):
     return deployment(serve.ingress()(AIMReplica)).bind(spec)
 
 
-def drop_board(name: str) -> None:
-    """Remove a task board left by an earlier run (a new server starts with no tasks, as the single one does)."""
-    import ray
-
-    with contextlib.suppress(ValueError):  # ValueError: no such actor
-        ray.kill(ray.get_actor(name, namespace=BOARD_NAMESPACE))
-
-
 # -- the driver: `aim-icl serve --replicas N` ----------------------------------------------------------------------
 
 
@@ -201,8 +193,9 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "replicas (Ray Serve; pip install 'aim-icl[cluster]')",
         "With --replicas or --ray-address the server runs as a Ray Serve application: every replica loads the "
-        "model and serves the same routes; --bank is then shared (read only) and each replica writes its own "
-        "shard next to it, merged into the bank when the server starts and stops.",
+        "model and serves the same routes; --bank is then shared: each replica writes the demos chats bring to its "
+        "own shard next to it (merged into the bank when the server starts and stops), and tasks with their demos "
+        "to the bank itself.",
     )
     group.add_argument("--replicas", type=int, help="replicas to start (default without Ray: one process)")
     group.add_argument(
@@ -230,12 +223,17 @@ def wanted(args: argparse.Namespace) -> bool:
 
 
 def replica_spec(args: argparse.Namespace, config: ServerConfig) -> ReplicaSpec:
-    """The spec from the command line, local paths made absolute for replicas in other working directories."""
+    """The spec from the command line, local paths made absolute for replicas in other working directories
+    (without --bank, `run` gives the replicas a temporary one)."""
     images = config.images
     dirs = tuple(Path(d).resolve() for d in images.allowed_dirs)
     config = dataclasses.replace(config, images=dataclasses.replace(images, allowed_dirs=dirs))
     if args.num_gpus > 0 and args.device == "cpu":
         raise AIMError("--num-gpus reserves GPUs for each replica: also pass --device cuda")
+    if args.bank is None and args.ray_address is not None:
+        raise AIMError(
+            "--ray-address: give --bank FILE on a filesystem every node reads (replicas share demos and tasks there)"
+        )
     return ReplicaSpec(
         model=_absolute(args.model),
         projector=_absolute(args.projector),
@@ -243,6 +241,7 @@ def replica_spec(args: argparse.Namespace, config: ServerConfig) -> ReplicaSpec:
         name=args.name,
         bank=None if args.bank is None else str(Path(args.bank).resolve()),
         config=config,
+        temporary_bank=args.bank is None,
         threads=max(1, int(args.num_cpus)),
         workers=args.workers or 0,
     )
@@ -264,14 +263,16 @@ def run(args: argparse.Namespace, config: ServerConfig) -> int:
     from aim_icl.bank.layered import merge_replica_shards
 
     spec, bounds = replica_spec(args, config), scaling(args)
+    temporary = tempfile.TemporaryDirectory(prefix="aim-serve-") if spec.bank is None else None
+    if temporary is not None:  # a local cluster's replicas share a bank for this run
+        spec = dataclasses.replace(spec, bank=str(Path(temporary.name) / "bank.sqlite"))
     ray, serve = import_ray()
-    if spec.bank is not None:  # shards left by an earlier (killed) run: no replica writes them any more
+    if not spec.temporary_bank:  # shards left by an earlier (killed) run: no replica writes them any more
         _report_merge(spec.bank, merge_replica_shards(spec.bank))
     local = args.ray_address is None
     start = time.perf_counter()
     ray.init(address=args.ray_address, include_dashboard=False if local else None)
     try:
-        drop_board(spec.board)
         serve.start(http_options={"host": args.host, "port": args.port}, logging_config=QUIET_LOGS)
         try:
             serve.run(application(spec, bounds), name=APP_NAME, route_prefix="/")
@@ -286,10 +287,13 @@ def run(args: argparse.Namespace, config: ServerConfig) -> int:
         )
         _wait_for_signal()
     finally:
-        _stop(serve, local, spec.board)
+        _stop(serve, local)
         ray.shutdown()
-        if spec.bank is not None:
+        if temporary is not None:
+            temporary.cleanup()
+        else:
             _report_merge(spec.bank, merge_replica_shards(spec.bank))
+        print(f"stopped serving {spec.name!r} on http://{args.host}:{args.port}", flush=True)
     return 0
 
 
@@ -302,10 +306,9 @@ def import_ray():
     return ray, serve
 
 
-def _stop(serve, local: bool, board: str) -> None:
+def _stop(serve, local: bool) -> None:
     try:
         serve.delete(APP_NAME)  # replicas stop gracefully: their banks close, their shards are whole
-        drop_board(board)
         if local:
             serve.shutdown()
     except Exception as err:  # the cluster may already be gone (e.g. a remote head that died)

@@ -6,31 +6,16 @@ import base64
 import binascii
 import io
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from PIL import Image
 
 from aim_icl.core.demo import load_image
+from aim_icl.serve.config import ImagePolicy
 from aim_icl.serve.errors import RequestError
 
-
-@dataclass(frozen=True)
-class ImagePolicy:
-    """Limits on one image: its encoded bytes, its pixels and its aspect ratio (both checked before decoding), where
-    paths may point.
-
-    The aspect ratio bounds what the processor makes of the image, not only what it reads: processors that scale
-    the shorter side to a fixed edge (CLIP's 336 px for LLaVA) turn a 1x100,000 image of 390 bytes into a
-    336x33,600,000 one. At 50:1 that is at most 50 edge^2 pixels (5.6M at 336); processors that bound the longer
-    side or the pixel count (Idefics3, Qwen2-VL, fixed-size ones) stay within their own bound.
-    """
-
-    max_bytes: int = 8 * 1024 * 1024
-    max_pixels: int = 4096 * 4096
-    allowed_dirs: tuple[Path, ...] = ()
-    max_aspect: float = 50.0  # longer side / shorter side
+__all__ = ["ImagePolicy", "fetch_image"]  # the policy lives with the other settings
 
 
 def fetch_image(url: str, policy: ImagePolicy) -> Image.Image:

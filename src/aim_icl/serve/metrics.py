@@ -20,7 +20,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:
-    """Requests, errors and latency by route; tokens by mode; bank hits; batch sizes and queue waits."""
+    """Requests, errors and latency by route; tokens by mode; bank hits; rows per decoding step and queue waits."""
 
     def __init__(self):
         self.registry = registry = CollectorRegistry()
@@ -41,11 +41,11 @@ class Metrics:
         self.bank_hits = Counter("aim_bank_hits", "demos found in the bank", registry=registry)
         self.bank_misses = Counter("aim_bank_misses", "demos read and added to the bank", registry=registry)
         self.batch_rows = Histogram(
-            "aim_batch_size", "rows per model batch (a request asking n choices is n rows)", buckets=BATCH_BUCKETS,
+            "aim_batch_size", "rows per decoding step (a request asking n choices is n rows)", buckets=BATCH_BUCKETS,
             registry=registry,
         )  # fmt: skip
         self.queue_wait = Histogram(
-            "aim_queue_wait_seconds", "time a request waited for the model worker", buckets=WAIT_BUCKETS,
+            "aim_queue_wait_seconds", "time a request waited to join the generating rows", buckets=WAIT_BUCKETS,
             registry=registry,
         )  # fmt: skip
         self.queue_waiting = Gauge(
@@ -68,10 +68,11 @@ class Metrics:
         self.bank_hits.inc(hits)
         self.bank_misses.inc(misses)
 
-    def observe_batch(self, rows: int, waits: list[float]) -> None:
+    def observe_step(self, rows: int) -> None:
         self.batch_rows.observe(rows)
-        for seconds in waits:
-            self.queue_wait.observe(seconds)
+
+    def observe_wait(self, seconds: float) -> None:
+        self.queue_wait.observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

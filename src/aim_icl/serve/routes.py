@@ -1,4 +1,7 @@
-"""HTTP routes: OpenAI-compatible chat completions, named tasks, models, health and Prometheus metrics."""
+"""HTTP routes: OpenAI-compatible chat completions, named tasks, models, health and Prometheus metrics.
+
+Every answer goes through one stream of its job's events (`streaming.events`): a streaming chat sends them as they
+come, anything else collects them into its answer."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from aim_icl.serve.chat import parse_chat
 from aim_icl.serve.errors import RequestError
+from aim_icl.serve.events import Answer
 from aim_icl.serve.images import fetch_image
 from aim_icl.serve.metrics import CONTENT_TYPE
 from aim_icl.serve.sampling import Generation
@@ -23,12 +27,14 @@ from aim_icl.serve.schemas import (
     Choice,
     Prediction,
     PredictRequest,
+    TaskDeleted,
     TaskInfo,
+    TaskList,
     TaskRequest,
     Usage,
 )
-from aim_icl.serve.service import Answer, ModelService
-from aim_icl.serve.streaming import QueueSink, stream_response
+from aim_icl.serve.service import ModelService
+from aim_icl.serve.streaming import collect, events, stream_response
 from aim_icl.serve.tasks import ServedTask, prepare_task
 
 router = APIRouter()
@@ -37,7 +43,13 @@ router = APIRouter()
 @router.get("/health")
 async def health(request: Request) -> dict:
     state = request.app.state
-    return {"status": "ok", "model": state.service.model_name, "queue_waiting": state.worker.waiting}
+    engine = state.engine
+    return {
+        "status": "ok",
+        "model": state.service.model_name,
+        "queue_waiting": engine.waiting,
+        "rows": engine.rows,
+    }
 
 
 @router.get("/v1/models")
@@ -61,15 +73,13 @@ async def chat_completions(body: ChatRequest, request: Request) -> ChatCompletio
         parse_chat, body.messages, config.images, config.demo_template, config.max_demos
     )
     deadline = time.monotonic() + config.timeout_s
-    sink = QueueSink(asyncio.get_running_loop()) if body.stream else None
-    job = await run_in_threadpool(
-        service.prepare, service.chat_job(chat, body.aim_mode, generation, deadline, sink)
-    )
+    job = service.chat_job(chat, body.aim_mode, generation, deadline, stream=body.stream)
+    stream = events(state.engine, await run_in_threadpool(service.prepare, job))
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
-        return await stream_response(state.worker, service, job, sink, body.aim_mode, usage)
-    answer = await state.generate(job)
-    return _completion(answer, service.model_name)
+        fields = {"model": service.model_name, "aim_mode": body.aim_mode}
+        return await stream_response(stream, fields, body.n, usage)
+    return _completion(await collect(stream, _left(request)), service.model_name)
 
 
 @router.post("/v1/tasks", status_code=201)
@@ -81,19 +91,40 @@ async def create_task(body: TaskRequest, request: Request) -> TaskInfo:
 
 
 @router.get("/v1/tasks")
-async def list_tasks(request: Request) -> dict:
-    tasks = request.app.state.service.tasks
-    return {"object": "list", "data": [_task_info(tasks.get(n)) for n in tasks.names()]}
+async def list_tasks(request: Request) -> TaskList:
+    service = await _synced(request)
+    tasks = service.tasks
+    storage = (
+        tasks.path.name
+        if tasks.persistent
+        else "memory: lost when the server stops (serve --bank FILE keeps them)"
+    )
+    return TaskList(data=[_task_info(t) for t in tasks.all()], persistent=tasks.persistent, storage=storage)
+
+
+@router.get("/v1/tasks/{name}")
+async def get_task(name: str, request: Request) -> TaskInfo:
+    return _task_info((await _synced(request)).task(name))
+
+
+@router.delete("/v1/tasks/{name}")
+async def delete_task(name: str, request: Request) -> TaskDeleted:
+    state = request.app.state
+    await state.run(lambda deadline: state.service.delete_task(name))
+    return TaskDeleted(name=name)
 
 
 @router.post("/v1/tasks/{name}/predict")
 async def predict(name: str, body: PredictRequest, request: Request) -> Prediction:
     state, config = request.app.state, request.app.state.config
+    service = await _synced(request)
     limit = _token_limit(body.max_tokens or config.max_new_tokens, config.max_new_tokens_cap)
     deadline = time.monotonic() + config.timeout_s
     image = None if body.image is None else await run_in_threadpool(fetch_image, body.image, config.images)
-    job = state.service.predict_job(name, image, body.question, Generation(limit), deadline)
-    answer = await state.generate(await run_in_threadpool(state.service.prepare, job))
+    job = service.predict_job(name, image, body.question, Generation(limit), deadline)
+    answer = await collect(
+        events(state.engine, await run_in_threadpool(service.prepare, job)), _left(request)
+    )
     return Prediction(
         task=name,
         answer=answer.text,
@@ -102,6 +133,28 @@ async def predict(name: str, body: PredictRequest, request: Request) -> Predicti
         aim=_info(answer),
         demo_keys=answer.demo_keys,
     )
+
+
+def _left(request: Request):
+    """A coroutine function that returns when the request's client has left (the server's next message once the
+    body is read is the disconnect; `Request.is_disconnected` cannot see it through a `BaseHTTPMiddleware`)."""
+
+    async def left() -> None:
+        try:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # no way to tell: wait for the answer
+            await asyncio.Event().wait()
+
+    return left
+
+
+async def _synced(request: Request) -> ModelService:
+    """The service, its tasks first brought in step with the task table when another process changed it."""
+    state = request.app.state
+    if await run_in_threadpool(state.service.tasks.stale):
+        await state.run(lambda deadline: state.service.sync_tasks())
+    return state.service
 
 
 def _check_model(model: str | None, served: str) -> None:

@@ -1,9 +1,9 @@
 """What a request asks of generation (OpenAI's fields), and per-row sampling inside one batch.
 
-`transformers.generate` samples every row of a batch with one temperature, one top_p and the global random
-generator, so requests with their own settings and seeds could not share a batch. `RowSampler` draws each row's
-token itself (its temperature, its top_p, its own seeded generator) and leaves the drawn token as the only finite
-score; `generate` then runs greedy and takes it. Greedy rows pass through untouched, so they match `aim.generate`.
+Rows of different requests generate together, each with its own temperature, top_p and seeded generator:
+`TokenSampler` picks one row's next token from its logits (the argmax when greedy, as `generate` takes it, so
+greedy rows match `aim.generate`), and `next_tokens` does it for every row of a step. `RowSampler` is the same
+draw as a `transformers` logits processor, for a `generate` call with rows of their own settings.
 
 Every value the API accepts is answered: temperatures under `GREEDY_BELOW` are greedy (softmax(scores / 1e-38)
 overflows float32; such a distribution is the top token anyway), the scaled scores go through log-softmax in
@@ -71,6 +71,32 @@ class RowSampler(LogitsProcessor):
                 scores[row] = float("-inf")
                 scores[row, token] = 0.0
         return scores
+
+
+class TokenSampler:
+    """One row's next token: the argmax when greedy, else a draw with the row's own generator (seeded once)."""
+
+    def __init__(self, setting: RowSampling):
+        self.setting = setting
+        self.greedy = setting.temperature < GREEDY_BELOW
+        self._generator: torch.Generator | None = None
+
+    def draw(self, logits: torch.Tensor) -> int:
+        """A token from one row's logits (vocab,)."""
+        if self.greedy:
+            return int(logits.argmax())
+        if self._generator is None:
+            self._generator = _generator(self.setting.seed, logits.device)
+        return int(_draw(logits, self.setting, self._generator))
+
+
+def next_tokens(logits: torch.Tensor, samplers: list[TokenSampler]) -> list[int]:
+    """Each row's next token from its logits (rows, vocab): greedy rows in one argmax, the others drawn."""
+    tokens = logits.argmax(-1).tolist()
+    for row, sampler in enumerate(samplers):
+        if not sampler.greedy:
+            tokens[row] = sampler.draw(logits[row])
+    return tokens
 
 
 def _draw(scores: torch.Tensor, setting: RowSampling, generator: torch.Generator) -> torch.Tensor:

@@ -166,6 +166,19 @@ class TaskInfo(BaseModel):
     prefix_cache: bool
 
 
+class TaskList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[TaskInfo]
+    persistent: bool  # stored in the bank file (--bank): they survive a restart
+    storage: str  # the bank file's name, or why they do not survive
+
+
+class TaskDeleted(BaseModel):
+    object: Literal["task.deleted"] = "task.deleted"
+    name: str
+    deleted: bool = True
+
+
 class PredictRequest(Body):
     image: str | None = None
     question: str

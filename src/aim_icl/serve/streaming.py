@@ -1,8 +1,11 @@
-"""Token streaming as OpenAI's server-sent chunk events, fed from the model worker while it generates.
+"""A job's events on the request's event loop: the one stream every answer goes through, and OpenAI's chunks.
 
-The worker thread reports a job's events (prompt built, text pieces, choice ends, the answer) into an asyncio queue
-(`QueueSink`); the response turns each into a `chat.completion.chunk` as it arrives. The request waits for the first
-event before answering, so a request the worker rejects (bad demos, unknown task) still gets its 4xx status.
+`events(engine, job)` queues a prepared job and yields its events (`serve.events`) as the engine reports them;
+the job's error is raised where it comes, and past the job's deadline TimeoutError. However the stream ends
+(answered, failed, timed out, or the client gone: the consumer stops iterating or is cancelled), the job is
+cancelled on the way out, and the engine frees its rows at its next step. A non-streaming request `collect`s the
+stream into its answer; a streaming one waits for the first event (so a request the engine refuses still gets its
+4xx status) and sends the rest as `chat.completion.chunk` server-sent events.
 """
 
 from __future__ import annotations
@@ -11,96 +14,112 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from concurrent.futures import Future
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, suppress
 
 from fastapi.responses import StreamingResponse
+from starlette.requests import ClientDisconnect
 
+from aim_icl.serve.events import Answer, Done, Event, Failed, Finished, Text
 from aim_icl.serve.schemas import Usage
-from aim_icl.serve.service import GenerationJob, ModelService
-from aim_icl.serve.worker import ModelWorker
+
+FIRST = asyncio.FIRST_COMPLETED
 
 
-class QueueSink:
-    """A `StreamSink` that hands the worker thread's events to the event loop: ("start",), ("text", i, piece),
-    ("end", i, reason), ("done", future)."""
+async def events(engine, job) -> AsyncIterator[Event]:
+    """Queue `job` on `engine` (QueueFull when it is full) and yield its events up to `Done`."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.events = loop, asyncio.Queue()
+    def emit(event: Event) -> None:  # on the engine's thread
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            job.cancelled = True
 
-    def start(self) -> None:
-        self._put(("start",))
+    job.emit = emit
+    engine.start(job)
+    try:
+        while True:
+            event = await asyncio.wait_for(queue.get(), max(job.deadline - time.monotonic(), 0.0))
+            if isinstance(event, Failed):
+                raise event.error
+            yield event
+            if isinstance(event, Done):
+                return
+    finally:
+        job.cancelled = True  # answered, failed, timed out or gone: no more steps for it
 
-    def text(self, choice: int, piece: str) -> None:
-        self._put(("text", choice, piece))
 
-    def end(self, choice: int, reason: str) -> None:
-        self._put(("end", choice, reason))
+async def collect(stream: AsyncIterator[Event], client_gone: Callable[[], Awaitable] | None = None) -> Answer:
+    """The answer at the end of a job's stream. `client_gone()` returns when the client has left: then
+    ClientDisconnect, and the job's rows are freed."""
+    watcher = None if client_gone is None else asyncio.ensure_future(client_gone())
+    try:
+        async with aclosing(stream):
+            while True:
+                event = await _next(stream, watcher)
+                if isinstance(event, Done):
+                    return event.answer
+    finally:
+        if watcher is not None:
+            watcher.cancel()
 
-    def done(self, future: Future) -> None:
-        self._put(("done", future))
 
-    async def next(self, deadline: float) -> tuple:
-        """The next event; TimeoutError past `deadline`."""
-        return await asyncio.wait_for(self.events.get(), max(deadline - time.monotonic(), 0.0))
-
-    def _put(self, event: tuple) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+async def _next(stream: AsyncIterator[Event], watcher: asyncio.Future | None) -> Event:
+    step = asyncio.ensure_future(anext(stream))
+    try:
+        if watcher is not None and step not in (await asyncio.wait({step, watcher}, return_when=FIRST))[0]:
+            step.cancel()  # the stream's own `finally` cancels the job
+            with suppress(asyncio.CancelledError):
+                await step
+            raise ClientDisconnect()
+        return await step
+    except StopAsyncIteration:
+        raise RuntimeError("the engine ended a job without an answer") from None
 
 
 async def stream_response(
-    worker: ModelWorker, service: ModelService, job: GenerationJob, sink: QueueSink, mode: str, usage: bool
+    stream: AsyncIterator[Event], fields: dict, choices: int, usage: bool
 ) -> StreamingResponse:
-    """Queue `job` and, once its prompt is built, stream its answer; its error (4xx/5xx) if it fails before."""
-    future = worker.submit_batched(service.generate, job)
-    future.add_done_callback(sink.done)
-    try:
-        first = await sink.next(job.deadline)
-    except TimeoutError:
-        job.abandoned = True
-        raise
-    if first[0] == "done":
-        first[1].result()  # raises the request's error
+    """Wait for the job's first event (its errors raise here, before any status is sent), then stream the rest as
+    chunks carrying `fields` (model, aim_mode)."""
+    await anext(stream)  # Started
     header = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
     }
-    header |= {"model": service.model_name, "aim_mode": mode}
-    events = _events(job, sink, header, usage)
-    return StreamingResponse(events, media_type="text/event-stream")
+    return StreamingResponse(_chunks(stream, header | fields, choices, usage), media_type="text/event-stream")
 
 
-async def _events(job: GenerationJob, sink: QueueSink, header: dict, usage: bool) -> AsyncIterator[str]:
+async def _chunks(
+    stream: AsyncIterator[Event], header: dict, choices: int, usage: bool
+) -> AsyncIterator[str]:
     def chunk(index: int, delta: dict, finish: str | None = None) -> str:
         return _data({**header, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
 
-    try:
-        for index in range(job.generation.n):
+    async with aclosing(stream):
+        for index in range(choices):
             yield chunk(index, {"role": "assistant", "content": ""})
-        while True:
-            try:
-                event = await sink.next(job.deadline)
-            except TimeoutError:
-                yield _error("the answer took longer than the request's time limit", 504)
-                return
-            if event[0] == "text":
-                yield chunk(event[1], {"content": event[2]})
-            elif event[0] == "end":
-                yield chunk(event[1], {}, event[2])
-            elif event[0] == "done":
-                break
-        error = event[1].exception()
-        if error is not None:
-            yield _error(f"generation failed: {error}", 500)
+        try:
+            async for event in stream:
+                if isinstance(event, Text):
+                    yield chunk(event.choice, {"content": event.piece})
+                elif isinstance(event, Finished):
+                    yield chunk(event.choice, {}, event.reason)
+                elif isinstance(event, Done):
+                    answer = event.answer
+        except TimeoutError:
+            yield _error("the answer took longer than the request's time limit", 504)
             return
-        if usage:
-            answer = event[1].result()
-            counts = Usage.of(answer.prompt_tokens, answer.completion_tokens).model_dump()
-            yield _data({**header, "choices": [], "usage": counts})
-        yield "data: [DONE]\n\n"
-    finally:
-        job.abandoned = True  # the client left (or the answer is complete): stop generating for it
+        except Exception as err:  # the status went with the first chunk: the error goes in the stream
+            yield _error(f"generation failed: {err}", 500)
+            return
+    if usage:
+        counts = Usage.of(answer.prompt_tokens, answer.completion_tokens).model_dump()
+        yield _data({**header, "choices": [], "usage": counts})
+    yield "data: [DONE]\n\n"
 
 
 def _data(payload: dict) -> str:
