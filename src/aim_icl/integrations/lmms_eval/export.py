@@ -30,8 +30,8 @@ def export(
     if unknown or items < 1 or (max_shots is not None and max_shots < 1):
         raise AIMError(f"export takes tasks among {', '.join(TASKS)}, items >= 1 and max shots >= 1")
     out = Path(out).resolve()
-    templates = resources.files(__package__) / "tasks"
-    for template in templates.iterdir():
+    templates = sorted((resources.files(__package__) / "tasks").iterdir(), key=lambda t: t.name)
+    for template in templates:
         if template.name.startswith("_"):  # shared parts the task YAMLs include
             (out / template.name).parent.mkdir(parents=True, exist_ok=True)
             (out / template.name).write_text(template.read_text())
@@ -42,7 +42,7 @@ def export(
             shutil.rmtree(data)
         dataset = vqa_dataset(seed, items) if task == "vqa" else world_dataset(task, seed, items, max_shots)
         dataset.save_to_disk(str(data))
-        for template in templates.iterdir():
+        for template in templates:
             if template.name in (f"{PREFIX}{task}.yaml", f"{PREFIX}{task}_mc.yaml"):
                 quoted = json.dumps(str(data.parent))[1:-1]  # the path inside the YAML's double quotes
                 (out / template.name).write_text(template.read_text().replace(PLACEHOLDER, quoted))
