@@ -116,5 +116,7 @@ def test_a_corpus_in_the_wrong_format_is_one_line_with_counts_and_reasons(model_
             "--output", str(tmp_path / "out"), "--max-steps", "2", "--log-with", "none", "--workers", "0"]  # fmt: skip
     assert main(argv) == 2  # read as OBELICS rows (the default --format)
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("aim-icl train: error: no training sample in the corpus (process 0: 5 skipped (5 not an")
+    assert err.startswith(
+        "aim-icl train: error: no training sample in the corpus (process 0: 5 skipped (5 not an"
+    )
     assert "check --format obelics, --image-root (not given" in err

@@ -118,7 +118,13 @@ def test_help_shows_every_default_and_no_old_spelling(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    for shown in ("(default: 100)", "(default: 0.0001)", "(default: gated)", "(default: auto)", "(default: on)"):
+    for shown in (
+        "(default: 100)",
+        "(default: 0.0001)",
+        "(default: gated)",
+        "(default: auto)",
+        "(default: on)",
+    ):
         assert shown in out
     assert "--backbone-dtype" not in out and "--cpu" not in out and "--device" in out and "--dtype" in out
 

@@ -231,9 +231,13 @@ def test_a_corpus_without_any_usable_document_is_an_error(tmp_path):
         take(stream([path], "obelics", tmp_path), 1)
 
 
-@pytest.mark.parametrize("read", ["samples", "documents"])  # training, and a residual projector's copy-map fit
+@pytest.mark.parametrize(
+    "read", ["samples", "documents"]
+)  # training, and a residual projector's copy-map fit
 def test_a_corpus_in_another_schema_gives_the_counts_reasons_and_a_first_example(tmp_path, read):
-    files = write_corpus(tmp_path, "mmc4", dax_documents(5, seed=12))  # read as OBELICS rows: every one refused
+    files = write_corpus(
+        tmp_path, "mmc4", dax_documents(5, seed=12)
+    )  # read as OBELICS rows: every one refused
     s = stream(files, "obelics", tmp_path / "images")
     with pytest.raises(AIMError) as error:
         take(s, 1) if read == "samples" else list(s.documents_of())
