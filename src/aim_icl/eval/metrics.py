@@ -329,22 +329,25 @@ def cider_per_item(
 
     scores = {}
     for i in ids:
-        vec, norm, length = to_vec(hyp_counts[i])
-        total = np.zeros(n)
-        for ref in ref_counts[i]:
-            vec_r, norm_r, length_r = to_vec(ref)
-            penalty = math.e ** (-(float(length - length_r) ** 2) / (2 * sigma**2))
-            val = np.zeros(n)
-            for k in range(n):
-                for gram, w in vec[k].items():
-                    w_r = vec_r[k].get(gram, 0.0)
-                    val[k] += min(w, w_r) * w_r
-                if norm[k] != 0 and norm_r[k] != 0:
-                    val[k] /= norm[k] * norm_r[k]
-                val[k] *= penalty
-            total += val
+        hypothesis = to_vec(hyp_counts[i])
+        total = sum(_cider_similarity(hypothesis, to_vec(ref), sigma) for ref in ref_counts[i])
         scores[i] = float(np.mean(total) / len(ref_counts[i]) * 10.0)
     return scores
+
+
+def _cider_similarity(hypothesis: tuple, reference: tuple, sigma: float) -> np.ndarray:
+    """Per-n clipped cosine of two tf-idf vectors `(vec, norm, length)`, times the Gaussian length penalty."""
+    (vec, norm, length), (vec_r, norm_r, length_r) = hypothesis, reference
+    penalty = math.e ** (-(float(length - length_r) ** 2) / (2 * sigma**2))
+    val = np.zeros(len(vec))
+    for k in range(len(vec)):
+        for gram, w in vec[k].items():
+            w_r = vec_r[k].get(gram, 0.0)
+            val[k] += min(w, w_r) * w_r
+        if norm[k] != 0 and norm_r[k] != 0:
+            val[k] /= norm[k] * norm_r[k]
+        val[k] *= penalty
+    return val
 
 
 def cider(predictions: Mapping, references: Mapping, **kwargs) -> float:
