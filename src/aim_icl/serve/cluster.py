@@ -228,7 +228,8 @@ def replica_spec(args: argparse.Namespace, config: ServerConfig) -> ReplicaSpec:
     images = config.images
     dirs = tuple(Path(d).resolve() for d in images.allowed_dirs)
     config = dataclasses.replace(config, images=dataclasses.replace(images, allowed_dirs=dirs))
-    if args.num_gpus > 0 and args.device == "cpu":
+    # "auto" may find no GPU on the head: Ray would then wait forever for replicas it cannot place
+    if args.num_gpus > 0 and not str(args.device).startswith("cuda"):
         raise AIMError("--num-gpus reserves GPUs for each replica: also pass --device cuda")
     if args.bank is None and args.ray_address is not None:
         raise AIMError(
