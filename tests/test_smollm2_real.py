@@ -135,9 +135,10 @@ def test_text_mode_reads_the_demo(aim):
     assert "tulip" in answer.lower()
 
 
-def test_projector_round_trips(aim, smollm2, tmp_path):
+def test_projector_round_trips(smollm2, tmp_path):
     from aim_icl import AIM, Demo
 
+    aim = AIM(*smollm2, projector_name="residual")  # the projector with a copy map to fit
     aim.fit_projector([Demo(_image(i), f"Question: what is it? Answer: number {i}.") for i in range(6)])
     aim.save_projector(tmp_path)
     again = AIM(*smollm2, projector=tmp_path)
