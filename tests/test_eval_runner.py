@@ -244,7 +244,6 @@ def test_a_prompt_past_the_context_is_reported_as_not_fitting(llava, tmp_path, m
     """icl's prompt grows by an image per demo: past the model's context it is not run, and the row says so."""
     zero = run_eval(llava, toy_task(n_test=2), shots=[0], modes=["zero"], progress=False)[0]["prompt_tokens"]
     context = int(zero) + 3 + 8  # the query + 8 answer tokens fit
-    monkeypatch.setattr(llava.backbone, "max_length", context)
     monkeypatch.setattr(llava.encoder, "layout", replace(llava.encoder.layout, max_length=context))
     rows = run_eval(llava, toy_task(n_test=2), shots=[0, 2], progress=False, output_dir=tmp_path, workers=0)
     fits = {(r["mode"], r["shots"]): r["fits"] for r in rows}

@@ -48,23 +48,35 @@ class TokenLayout:
     image_token_id: int
     max_length: int | None  # the LM's context; None: unknown
 
+    def room(self, prompt_tokens: int) -> int | None:
+        """The one context rule: how many new tokens fit after a prompt of `prompt_tokens` (negative: the prompt
+        itself does not fit; None: the context is unknown, so anything fits)."""
+        return None if self.max_length is None else self.max_length - prompt_tokens
+
+    def fits(self, prompt_tokens: int, new_tokens: int = 0) -> bool:
+        """Whether a prompt and `new_tokens` of answer fit the context."""
+        room = self.room(prompt_tokens)
+        return room is None or room >= new_tokens
+
 
 @dataclass
 class Backbone:
     """The frozen MLLM plus what the generic path reads off it."""
 
     model: nn.Module
-    family: Family
-    image_token_id: int
+    layout: TokenLayout  # family, image token and context: the prompt encoder holds this same object
     hidden_size: int  # width of the LM hidden states
     embed_size: int  # width of the LM input embeddings
-    max_length: int | None
     signature: BackboneSignature
     rope_index: Callable | None  # M-RoPE position function (Qwen-VL style), None for 1-D positions
 
     @property
-    def layout(self) -> TokenLayout:
-        return TokenLayout(self.family, self.image_token_id, self.max_length)
+    def family(self) -> Family:
+        return self.layout.family
+
+    @property
+    def image_token_id(self) -> int:
+        return self.layout.image_token_id
 
     @property
     def device(self) -> torch.device:
@@ -114,11 +126,11 @@ def resolve_backbone(model: nn.Module, processor) -> Backbone:
     inner = getattr(model, "model", model)
     return Backbone(
         model=model,
-        family=family,
-        image_token_id=int(image_token_id),
+        layout=TokenLayout(
+            family, int(image_token_id), getattr(text_config, "max_position_embeddings", None)
+        ),
         hidden_size=hidden_size,
         embed_size=embed_size,
-        max_length=getattr(text_config, "max_position_embeddings", None),
         signature=BackboneSignature(
             model_type=config.model_type,
             hidden_size=hidden_size,

@@ -254,9 +254,8 @@ class PromptEncoder:
         inputs = {k: v for k, v in out.items() if not is_per_token(out, k)}
         inputs.update(self._pad(rows))
         lengths = [len(r["input_ids"]) for r in rows]
-        context = self.layout.max_length
-        if check_length and context is not None and max(lengths) > context:
-            raise PromptTooLong(max(lengths), context)
+        if check_length and not self.layout.fits(max(lengths)):
+            raise PromptTooLong(max(lengths), self.layout.max_length)
         return Encoded(inputs=inputs, slot_positions=positions, lengths=lengths)
 
     def _render(self, parts: list[Part]) -> tuple[str, list[Image.Image], list[Slots]]:

@@ -88,19 +88,14 @@ def prepare_batch(encoder: PromptEncoder, job: BatchJob) -> PreparedBatch:
     if encoded is not None:
         for i, n in zip(run, encoded.lengths):
             prompt_tokens[i] = n
-        context = encoder.layout.max_length
-        fitting = [i for i in run if fits(prompt_tokens[i], job.max_new_tokens, context)]
-        if fitting != run:  # a prompt past the context is not run: encode the others again, without it
+        # a prompt past the context is not run (its answer would say nothing about the mode): the row reports it
+        # as not fitting, as a real deployment would refuse it; the others are encoded again without it
+        fitting = [i for i in run if encoder.layout.fits(prompt_tokens[i], job.max_new_tokens)]
+        if fitting != run:
             run = fitting
             encoded = _encode(encoder, [loaded[i] for i in run], job.mode) if run else None
     answers = [[encoder.query_answer_ids(job.queries[i].text, c) for c in job.candidates[i]] for i in run]
     return PreparedBatch(job, prompt_tokens, run, encoded, answers, failed, time.perf_counter() - start)
-
-
-def fits(prompt_tokens: int, max_new_tokens: int, context: int | None) -> bool:
-    """Whether the prompt and its answer fit the model's context. A prompt past it is not run: its answer would say
-    nothing about the mode, so the row reports it as not fitting, as a real deployment would refuse it."""
-    return context is None or prompt_tokens + max_new_tokens <= context
 
 
 def answer_prepared(

@@ -36,6 +36,8 @@ from aim_icl.serve.tasks import ServedTask, TaskRegistry, TaskSpec
 
 logger = logging.getLogger(__name__)
 
+RECENT_DEMOS = 512  # stored demos whose states the service keeps in memory (the bank reads the others again)
+
 
 @dataclass
 class PromptRequest:
@@ -116,6 +118,9 @@ class ModelService:
             persistent=task_file is not None and not temporary_bank,
         )
         self._banks = _Banks(bank_path, bank_over)
+        self._recent: dict[
+            str, Any
+        ] = {}  # key -> stored states of demos chats sent lately (engine thread only)
 
     def with_config(self, config: ServerConfig) -> ModelService:
         """The same service (model, bank, tasks, counters) under another config."""
@@ -196,15 +201,13 @@ class ModelService:
 
     def _room(self, tokens: int) -> int | None:
         """New tokens that fit in the model's context after the prompt (None: the context is unknown)."""
-        context = self.aim.backbone.max_length
-        if context is None:
-            return None
-        if tokens >= context:
+        layout = self.aim.encoder.layout
+        if not layout.fits(tokens, 1):
             raise RequestError(
-                f"the prompt's {tokens} tokens fill the model's context of {context}; "
+                f"the prompt's {tokens} tokens fill the model's context of {layout.max_length}; "
                 "leaves no room for an answer: use fewer or shorter demos"
             )
-        return context - tokens
+        return layout.room(tokens)
 
     def _inputs(self, request: PromptRequest) -> tuple[dict, PromptInfo, Any]:
         """`aim` demos fused (from the bank) and written in; a fixed task's demos are its prefix's."""
@@ -225,18 +228,44 @@ class ModelService:
             return self.aim.finish(request.encoded), info, None
         keys = [self.bank.key(d) for d in demos]
         states, hits = self._bank_states(demos, keys)
-        inputs = self.aim.finish(request.encoded, [self.aim.fuse(states)])
+        if any(isinstance(d, Demo) for d in states):  # unstored (the bank is full): read and fused here
+            fused = self.aim.fuse(states)
+        else:
+            fused = [self._fused(key) for key in keys]
+        inputs = self.aim.finish(request.encoded, [fused])
         return inputs, PromptInfo("aim", tokens, len(demos), hits, len(demos) - hits, keys), None
 
     def _bank_states(self, demos: list[Demo], keys: list[str]) -> tuple[list, int]:
         """Stored states of the demos, reading only those the bank lacks; also how many were already stored. When
         the new ones would take the bank past `max_bank_demos` they stay unstored: fused as fresh demos."""
-        stored = self.bank.store.existing(keys)
+        recent = self._recent
+        stored = {k for k in keys if k in recent}
+        stored |= self.bank.store.existing([k for k in keys if k not in stored])
         hits = sum(k in stored for k in keys)
-        if self._bank_room(len(set(keys) - stored)):
+        new = len(set(keys) - stored)
+        if new and self._bank_room(new):
             self.bank.write(demos, keys)
             stored = set(keys)
-        return [self.bank.get(k) if k in stored else d for k, d in zip(keys, demos)], hits
+        return [self._stored(k) if k in stored else d for k, d in zip(keys, demos)], hits
+
+    def _stored(self, key: str):
+        """A stored demo's states, from memory when it was asked for lately (a key's states never change)."""
+        return self._recent_demo(key)[0]
+
+    def _fused(self, key: str):
+        """A stored demo's fused tokens, projected once while it stays in memory (the projector is fixed)."""
+        states, fused = self._recent_demo(key)
+        if fused is None:
+            fused = self._recent[key][1] = self.aim.fuse([states])[0]
+        return fused
+
+    def _recent_demo(self, key: str) -> list:
+        """[states, fused tokens or None] of a stored demo, kept for the RECENT_DEMOS asked for last."""
+        entry = self._recent.pop(key, None) or [self.bank.get(key), None]
+        self._recent[key] = entry  # the most recent last
+        if len(self._recent) > RECENT_DEMOS:
+            self._recent.pop(next(iter(self._recent)))
+        return entry
 
     def _bank_room(self, new: int) -> bool:
         return len(self.bank) + new <= self.config.max_bank_demos
