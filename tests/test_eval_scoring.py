@@ -107,7 +107,7 @@ def test_rows_are_mean_and_std_over_trials_with_costs():
             "rank": 0,
             "queries": 2,
             "wall_s": 0.5,
-            "encode_s": 0.1,
+            "read_s": 0.1,
             "peak_memory_mb": m,
             "memory": "x",
         }
@@ -117,6 +117,7 @@ def test_rows_are_mean_and_std_over_trials_with_costs():
     assert (row["value"], row["std"], row["trials"], row["values"]) == (0.75, 0.25, 2, [1.0, 0.5])
     assert (row["prompt_tokens"], row["latency_ms"], row["peak_memory_mb"]) == (11.0, 6.0, 120.0)
     assert row["throughput_qps"] == pytest.approx(4.0)  # 4 queries in 1 s
+    assert row["read_s"] == pytest.approx(0.2)  # demo reading, summed over the trials' cells
     assert row["seeds"] == [0, 1] and row["selection"] == "random"
 
 

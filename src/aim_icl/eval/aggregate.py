@@ -5,13 +5,14 @@ Row fields (other tools read them; keep the names): `task`, `mode`, `shots`, `me
 prompt length of the generation prompt), `peak_memory_mb` (largest over the row's cells and processes; see
 `memory.py` for what it measures), `memory` (what kind of peak), `latency_ms` (mean model time per query: prompt
 building, generation and candidate scoring, a batch's time shared equally by its queries; demo reading excluded),
-`demo_read_s` (time spent reading new demos through the backbone, `aim` mode), `throughput_qps` (queries per second
+`throughput_qps` (queries per second
 of wall time, demo reading and image loading included, summed over processes), `queries`, `selection`, `seeds`,
 `fits`: False when the mode's prompt did not fit the model's context at this shot count (nothing was generated;
 value, std and costs are NaN), `failed`: queries that could not be answered (an unreadable image; logged with the
 item id, left out of the scores), and where the time went, in seconds summed over the row's cells (`STAGES`):
 `prepare_s` (images and prompts on the CPU, in the pipeline's workers or inline), `wait_s` (the model's thread
-waiting for a prepared batch: large when preparation bounds the run), `read_s` (demo reading), `build_s` (fusing and
+waiting for a prepared batch: large when preparation bounds the run), `read_s` (reading new demos through the
+backbone, `aim` mode: the one name for demo-reading time), `build_s` (fusing and
 writing the demos in), `generate_s`, `score_s`; `example`: the first query's `id`, `prediction` and `answers` in
 the first trial (None where nothing was generated)."""
 
@@ -113,14 +114,14 @@ def _not_fitting(task: Task, mode: str, shots: int, records: list[dict], selecti
         "values": [],
     }
     row.update(prompt_tokens=float(np.mean([r["prompt_tokens"] for r in records])), fits=False)
-    row.update(peak_memory_mb=nan, memory=None, latency_ms=nan, demo_read_s=nan, throughput_qps=nan)
+    row.update(peak_memory_mb=nan, memory=None, latency_ms=nan, throughput_qps=nan)
     row.update(queries=len(records), selection=selection if shots else None, failed=0, example=None)
     row.update(dict.fromkeys(STAGES, nan))
     return [{**row, "metric": metric} for metric in task.metric_names()]
 
 
 def _cost(records: list[dict], stats: list[dict]) -> dict:
-    """Prompt length and latency from the records; peak memory, demo reading and throughput from the stats."""
+    """Prompt length and latency from the records; peak memory, throughput and the stages from the stats."""
     by_rank = defaultdict(lambda: [0, 0.0])  # process -> [queries, wall seconds]
     for s in stats:
         by_rank[s.get("rank", 0)][0] += s["queries"]
@@ -130,7 +131,6 @@ def _cost(records: list[dict], stats: list[dict]) -> dict:
         "peak_memory_mb": max((s["peak_memory_mb"] for s in stats), default=float("nan")),
         "memory": stats[0]["memory"] if stats else None,
         "latency_ms": float(np.mean([r["latency_ms"] for r in records])),
-        "demo_read_s": float(sum(s["encode_s"] for s in stats)),
         "throughput_qps": sum(n / wall for n, wall in by_rank.values() if wall > 0) or float("nan"),
         **{stage: float(sum(s.get(stage, 0.0) for s in stats)) for stage in STAGES},
     }

@@ -174,9 +174,7 @@ class _Run:
                     self.store.add({"mode": cell.mode, "shots": cell.shots, "trial": cell.trial, **record})
                 bar.update(len(prepared.job.ids))
         stats = {"mode": cell.mode, "shots": cell.shots, "trial": cell.trial, "queries": len(items)}
-        stats.update(
-            wall_s=time.perf_counter() - start, encode_s=stages.seconds["read_s"], **stages.as_dict()
-        )
+        stats.update(wall_s=time.perf_counter() - start, **stages.as_dict())
         self.store.add_stats({**stats, "peak_memory_mb": peak.mb, "memory": peak.kind})
 
     def answer(
