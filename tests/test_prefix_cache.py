@@ -115,9 +115,11 @@ def test_zero_shot_prefix_equals_uncached():
     assert cache.length == shared_length(image_query, text_query) > 0
 
 
-def test_cached_prefill_attends_without_a_mask_and_restores_the_model(monkeypatch):
-    """The cached prefill takes the maskless path in every layer; uncached calls and the model afterwards do not."""
+def test_cached_prefill_attends_without_a_mask_and_only_there(monkeypatch):
+    """The cached prefill takes the maskless path in every layer; the switch is made once, on the language model
+    alone, and an uncached call never takes it."""
     aim = tiny_aim("llava")
+    vision = aim.model.config.vision_config._attn_implementation
     calls = []
     attend = prefix_attention.after_prefix
     spy = lambda *a, **k: calls.append(a[3]) or attend(*a, **k)  # noqa: E731 - records P, then attends
@@ -126,7 +128,8 @@ def test_cached_prefill_attends_without_a_mask_and_restores_the_model(monkeypatc
     cache.generate(tiny_image(1), QUERY, **GREEDY)
     layers = aim.model.config.get_text_config().num_hidden_layers
     assert calls == [cache.length] * layers  # P in each layer of the one prefill; decoding is stock
-    assert aim.model.config.get_text_config()._attn_implementation == "sdpa"
+    assert aim.model.config.get_text_config()._attn_implementation == prefix_attention.NAME
+    assert aim.model.config.vision_config._attn_implementation == vision  # the vision tower is left alone
     aim.generate(tiny_image(1), QUERY, make_demos(2), **GREEDY)
     assert len(calls) == layers
 

@@ -19,14 +19,11 @@ cached key; so no L x (P + L) mask is built. The attention function (`cached_pre
 more keys than queries as that case; anything else (a materialised mask: padding, sliding windows, bidirectional
 image blocks; decoding one token; a GPU) goes to the stock `sdpa`.
 
-`maskless_prefix_attention(model)` switches a model's language model to these functions for a block of code and
-back; only a language model that uses `sdpa` is switched.
+`use_prefix_attention(model)` switches a model's language model to these functions, once: only a language model
+that uses `sdpa` is switched, and only the language model (the vision tower keeps its own attention).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -43,20 +40,27 @@ _EXTRAS = (
 )  # the maskless paths have none
 
 
-@contextmanager
-def maskless_prefix_attention(model: nn.Module) -> Iterator[bool]:
-    """Run the language model of `model` with these functions inside the block; yields whether it switched."""
-    config = model.config.get_text_config()
-    before = config._attn_implementation
-    if before != "sdpa":  # eager, flash, flex: their own kernels and masks, left alone
-        yield False
-        return
+def use_prefix_attention(model: nn.Module) -> bool:
+    """Switch the language model of `model` to these functions, once and for good, through transformers' public
+    `set_attn_implementation`; returns whether it uses them. The switch is exact (every case but the maskless one
+    goes to the stock sdpa), so it stays for the model's life: no shared config is flipped per call. A language
+    model on anything but `sdpa` (eager, flash, flex: their own kernels and masks) is left alone."""
+    config = model.config
+    text = config.get_text_config()
+    if text._attn_implementation == NAME:
+        return True
+    if text._attn_implementation != "sdpa":
+        return False
+    if text is config:
+        request: str | dict = NAME
+    else:
+        key = next((k for k in config.sub_configs if getattr(config, k, None) is text), None)
+        if key is None:  # the language model's config sits deeper than one level: left on the stock sdpa
+            return False
+        request = {key: NAME}
     _register()
-    config._attn_implementation = NAME
-    try:
-        yield True
-    finally:
-        config._attn_implementation = before
+    model.set_attn_implementation(request)
+    return text._attn_implementation == NAME
 
 
 def prefix_mask(

@@ -29,7 +29,7 @@ import torch
 
 from aim_icl.core.aim import AIM, DemoLike
 from aim_icl.core.modes import MODE_TABLE, MODES, mode_of
-from aim_icl.core.prefix_attention import maskless_prefix_attention
+from aim_icl.core.prefix_attention import use_prefix_attention
 from aim_icl.core.prompt import is_per_token, query_parts
 from aim_icl.errors import AIMError
 
@@ -60,6 +60,7 @@ class PrefixCache:
             raise AIMError("mode 'zero' takes no demos; pass demos=[] or use mode 'text' or 'aim'")
         self.aim = aim
         self.mode = mode
+        use_prefix_attention(aim.model)  # queries after the cached prefix attend without an explicit mask
         if mode_of(mode).fused:  # read and projected once, here
             with torch.no_grad():
                 demos = aim.fuse(demos, batch_size=batch_size)
@@ -97,8 +98,7 @@ class PrefixCache:
         if self._cache is None:
             return self.aim.generate_from(inputs, max_new_tokens, **kwargs)
         kwargs["cache"] = copy.deepcopy(self._cache)  # generate extends it in place
-        with maskless_prefix_attention(self.aim.model):
-            return self.aim.generate_from(inputs, max_new_tokens, **kwargs)
+        return self.aim.generate_from(inputs, max_new_tokens, **kwargs)
 
     # -- internals ----------------------------------------------------------------------------------------------
 

@@ -12,12 +12,11 @@ them. Sampling, stop strings and scheduling are the engine's.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 
-from aim_icl.core.prefix_attention import maskless_prefix_attention
+from aim_icl.core.prefix_attention import use_prefix_attention
 from aim_icl.core.prompt import is_per_token
 from aim_icl.serve.kv import RowSlots
 
@@ -31,6 +30,7 @@ class Decoder:
     def __init__(self, aim, max_rows: int):
         self.aim = aim
         model = aim.model
+        use_prefix_attention(model)  # a row joining after a cached prefix attends without an explicit mask
         self.slots = RowSlots(model.config.get_text_config().num_hidden_layers, max_rows)
         self._positions: list[torch.Tensor] = []  # per slot: its next position, (1, 1) or (3, 1, 1)
         self._extras: list[dict[str, torch.Tensor]] = []  # per slot: its decoding type ids, (1, 1)
@@ -66,8 +66,7 @@ class Decoder:
         model_inputs["position_ids"] = positions[..., past:]
         model_inputs["attention_mask"] = inputs["attention_mask"]
         try:
-            with maskless_prefix_attention(self.aim.model) if past else nullcontext():
-                logits = self._forward(model_inputs)[:, -1].float()
+            logits = self._forward(model_inputs)[:, -1].float()
         except BaseException:
             for slot in reversed(range(first, first + count)):
                 self.leave(slot)
