@@ -11,12 +11,12 @@ import logging
 from pathlib import Path
 
 from aim_icl.commands._model import (
-    DEVICE_HELP,
+    add_device_arguments,
     add_model_arguments,
     add_workers_argument,
     load_aim,
+    model_placement,
     port_number,
-    torch_device,
 )
 from aim_icl.errors import AIMError
 from aim_icl.serve import cluster  # no Ray at import: Ray only when --replicas asks for it
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     parser.add_argument("--port", type=port_number, default=8000)
     parser.add_argument("--name", default="aim", help="model name reported by /v1/models and in responses")
-    parser.add_argument("--device", type=torch_device, default="auto", help=DEVICE_HELP)
+    add_device_arguments(parser)
     add_config_arguments(parser)  # the server's limits and scheduling: one flag per ServerConfig field
     add_workers_argument(parser)
     cluster.add_cluster_arguments(parser)
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from aim_icl.serve.http import protocol
     from aim_icl.serve.service import ModelService
 
-    aim = load_aim(args.model, args.projector, device=args.device)
+    aim = load_aim(args.model, args.projector, **model_placement(args))
     if args.bank is not None:  # a bank of another backbone: one error line now, not a failed start
         from aim_icl.bank import DemoBank
 

@@ -45,11 +45,12 @@ class ReplicaSpec:
 
     model: str | None  # directory or hub id; None: the embedded world model
     projector: str | None
-    device: str
+    device: str  # may be "auto": resolved on the replica's node, like `dtype`
     name: str  # the model name clients see
     bank: str | None  # the shared bank (created by the first replica): demos and tasks; None: not chosen yet
     config: ServerConfig
     temporary_bank: bool = False  # a bank for this run only (no --bank on a local cluster)
+    dtype: str = "auto"  # the weights' dtype name
     threads: int = 1  # torch threads per replica on the CPU
     workers: int = 0  # prompt-preparing processes per replica (replicas already share the node's cores)
 
@@ -120,15 +121,17 @@ class AIMReplica:
 
         from aim_icl.bank import BankStore, backbone_fingerprint
         from aim_icl.bank.layered import claim_shard, shard_path
+        from aim_icl.core.placement import resolve_device, resolve_dtype
         from aim_icl.models import load_aim
         from aim_icl.serve.metrics_mirror import MetricsMirror, ray_gauge
         from aim_icl.serve.service import ModelService
 
         self.spec = spec
         self.replica_id = serve.get_replica_context().replica_id.unique_id
-        if spec.device == "cpu":
+        device = resolve_device(spec.device)
+        if device == "cpu":
             torch.set_num_threads(spec.threads)
-        aim = load_aim(spec.model, spec.projector, device=spec.device)
+        aim = load_aim(spec.model, spec.projector, device=device, dtype=resolve_dtype(spec.dtype, device))
         BankStore(spec.bank, backbone_fingerprint(aim)).close()  # the first replica creates the shared bank
         shard = shard_path(
             spec.bank, self.replica_id
@@ -239,6 +242,7 @@ def replica_spec(args: argparse.Namespace, config: ServerConfig) -> ReplicaSpec:
         model=_absolute(args.model),
         projector=_absolute(args.projector),
         device=args.device,
+        dtype=args.dtype,
         name=args.name,
         bank=None if args.bank is None else str(Path(args.bank).resolve()),
         config=config,
