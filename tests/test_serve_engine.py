@@ -341,3 +341,39 @@ def test_task_queries_join_together_after_their_cached_prefix(engine):
         assert answer.text == aim.generate(
             tiny_image(10 + seed), "what is it?", task.demos, "aim", max_new_tokens=6
         )
+
+
+@pytest.mark.parametrize("family", NAMED_FAMILIES)
+def test_chats_share_the_template_head_read_once_and_answer_as_alone(family):
+    """Every chat starts with the chat template's head: it is read once and copied into each joining row (as task
+    queries copy their demos), and the answers stay exactly `aim.generate`'s; a family whose query image comes
+    first shares nothing."""
+    aim = tiny_aim(family)
+    service = ModelService(aim, config=ServerConfig(max_batch_size=4, queue_size=8))
+    engine = Engine(service, service.config)
+    demos = make_demos(2, seed=3)
+
+    def ask(text: str, seed: int, shots: list, mode: str):
+        request = PromptRequest(Query(tiny_image(seed), text, shots), mode)
+        made = GenerationJob(request, Generation(max_tokens=5), float("inf"), stream=False)
+        made.emit = Listener()
+        engine.start(service.prepare(made))
+        return made.emit.answer()
+
+    try:
+        for mode in ("zero", "text", "aim"):
+            shots = [] if mode == "zero" else demos
+            answers = [
+                ask(text, 0, shots, mode) for text in ("what is it?", "what is it?", "describe the picture")
+            ]
+            for answer in answers:
+                if aim.backbone.family.images_first:
+                    assert answer.cached_prompt_tokens == 0
+                else:
+                    assert 0 < answer.cached_prompt_tokens < answer.prompt.tokens, mode
+            assert answers[0].text == answers[1].text  # the head read with the prompt, then copied: the same
+            if mode != "aim":  # (aim's demos come from the bank, stored as float16: not `generate`'s states)
+                for answer, text in zip(answers[1:], ("what is it?", "describe the picture")):
+                    assert answer.text == aim.generate(tiny_image(0), text, shots, mode, max_new_tokens=5)
+    finally:
+        engine.close()

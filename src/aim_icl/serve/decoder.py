@@ -22,6 +22,9 @@ from aim_icl.serve.kv import RowSlots
 
 # per-token inputs a decoding step extends, as `generate` does: the last value, or a fixed one
 _EXTENDED = {"token_type_ids": None, "mm_token_type_ids": 0}
+# per-token inputs a model reads by absolute position (Gemma 3's image blocks): a prefill after cached positions
+# passes them whole, from the sequence's start, as `generate` does for a prefill chunk
+_FROM_START = ("token_type_ids",)
 
 
 class Decoder:
@@ -54,18 +57,18 @@ class Decoder:
         count, length = inputs["input_ids"].shape
         positions = torch.cat([self._prompt_positions(p) for p in prompts], dim=-2)  # (k, T) or (3, k, T)
         first = self.slots.open_rows(count, length)
-        past = 0 if prefix is None else self._copy_prefix(prefix, prompts, first, length)
-        self.slots.prefill(first, count, length - past, past)
-        model_inputs = {
-            k: (v[:, past:] if is_per_token(inputs, k) else v) for k, v in inputs.items() if k != "labels"
-        }
-        if (
-            "inputs_embeds" in model_inputs
-        ):  # most families refuse ids with embeddings: as `generate`'s first pass
-            model_inputs.pop("input_ids")
-        model_inputs["position_ids"] = positions[..., past:]
-        model_inputs["attention_mask"] = inputs["attention_mask"]
-        try:
+        try:  # a prompt that cannot be read (its prefix copy or its forward) leaves its slots as they were
+            past = 0 if prefix is None else self._copy_prefix(prefix, prompts, first, length)
+            self.slots.prefill(first, count, length - past, past)
+            model_inputs = {
+                k: (v[:, past:] if is_per_token(inputs, k) and k not in _FROM_START else v)
+                for k, v in inputs.items()
+                if k != "labels"
+            }
+            if "inputs_embeds" in model_inputs:  # most families refuse ids with embeddings: as `generate`'s
+                model_inputs.pop("input_ids")
+            model_inputs["position_ids"] = positions[..., past:]
+            model_inputs["attention_mask"] = inputs["attention_mask"]
             logits = self._forward(model_inputs)[:, -1].float()
         except BaseException:
             for slot in reversed(range(first, first + count)):

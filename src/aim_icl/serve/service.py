@@ -24,7 +24,7 @@ from aim_icl.bank import DemoBank
 from aim_icl.core.aim import AIM
 from aim_icl.core.demo import Demo, Query
 from aim_icl.core.modes import mode_of
-from aim_icl.core.prompt import Encoded, PromptEncoder, laid_out
+from aim_icl.core.prompt import Encoded, PromptEncoder, is_per_token, laid_out
 from aim_icl.errors import AIMError
 from aim_icl.serve.chat import Conversation
 from aim_icl.serve.config import ServerConfig
@@ -121,6 +121,9 @@ class ModelService:
         self._recent: dict[
             str, Any
         ] = {}  # key -> stored states of demos chats sent lately (engine thread only)
+        self._heads: dict[
+            str, Any
+        ] = {}  # mode -> what every chat of that mode starts with, cached (engine thread)
 
     def with_config(self, config: ServerConfig) -> ModelService:
         """The same service (model, bank, tasks, counters) under another config."""
@@ -225,7 +228,8 @@ class ModelService:
             return self.aim.finish(request.encoded, fused), info, task.cache
         if not mode_of(request.mode).fused or not demos:
             info = PromptInfo(request.mode, tokens, len(request.query.demos), 0)
-            return self.aim.finish(request.encoded), info, None
+            inputs = self.aim.finish(request.encoded)
+            return inputs, info, self._chat_head(request.mode, inputs)
         keys = [self.bank.key(d) for d in demos]
         states, hits = self._bank_states(demos, keys)
         if any(isinstance(d, Demo) for d in states):  # unstored (the bank is full): read and fused here
@@ -233,7 +237,11 @@ class ModelService:
         else:
             fused = [self._fused(key) for key in keys]
         inputs = self.aim.finish(request.encoded, [fused])
-        return inputs, PromptInfo("aim", tokens, len(demos), hits, len(demos) - hits, keys), None
+        return (
+            inputs,
+            PromptInfo("aim", tokens, len(demos), hits, len(demos) - hits, keys),
+            self._chat_head("aim", inputs),
+        )
 
     def _bank_states(self, demos: list[Demo], keys: list[str]) -> tuple[list, int]:
         """Stored states of the demos, reading only those the bank lacks; also how many were already stored. When
@@ -351,6 +359,18 @@ class ModelService:
     def _with_cache(self, task: ServedTask) -> None:
         if task.strategy == "fixed" and mode_of(task.mode).prefix_cached:
             task.cache = self._prefix_cache(task.demos, task.mode)
+
+    def _chat_head(self, mode: str, inputs: dict):
+        """The prefix every chat prompt starts with: the chat template's head (a system prompt and the user turn's
+        opening), read once and copied into each joining row, as task queries copy their demos. One per set of
+        per-token inputs (ids alone, or with fused embeddings: the cached positions compare key by key); None where
+        the mode is not prefix-cached (`icl`) or the family puts the query image first."""
+        if not mode_of(mode).prefix_cached or self.aim.backbone.family.images_first:
+            return None
+        kind = tuple(sorted(k for k in inputs if is_per_token(inputs, k)))
+        if kind not in self._heads:
+            self._heads[kind] = self._prefix_cache([], "zero")
+        return self._heads[kind]
 
     def _prefix_cache(self, demos: list, mode: str):
         from aim_icl.serve.prefix import RowPrefix
