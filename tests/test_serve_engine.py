@@ -14,6 +14,7 @@ import torch
 from conftest import NAMED_FAMILIES, make_demos, tiny_aim
 
 from aim_icl.core.demo import Query
+from aim_icl.serve import service as service_module
 from aim_icl.serve.config import ServerConfig
 from aim_icl.serve.decoder import Decoder
 from aim_icl.serve.engine import Engine, QueueFull
@@ -344,10 +345,11 @@ def test_task_queries_join_together_after_their_cached_prefix(engine):
 
 
 @pytest.mark.parametrize("family", NAMED_FAMILIES)
-def test_chats_share_the_template_head_read_once_and_answer_as_alone(family):
+def test_chats_share_the_template_head_read_once_and_answer_as_alone(family, monkeypatch):
     """Every chat starts with the chat template's head: it is read once and copied into each joining row (as task
     queries copy their demos), and the answers stay exactly `aim.generate`'s; a family whose query image comes
-    first shares nothing."""
+    first shares nothing. (The tiny templates' heads are short: every head is cached here, whatever its length.)"""
+    monkeypatch.setattr(service_module, "MIN_HEAD", 1)
     aim = tiny_aim(family)
     service = ModelService(aim, config=ServerConfig(max_batch_size=4, queue_size=8))
     engine = Engine(service, service.config)
@@ -377,3 +379,10 @@ def test_chats_share_the_template_head_read_once_and_answer_as_alone(family):
                     assert answer.text == aim.generate(tiny_image(0), text, shots, mode, max_new_tokens=5)
     finally:
         engine.close()
+
+
+def test_a_head_too_short_to_pay_is_read_with_the_prompt(engine):
+    """llava's tiny template head is 3 tokens: under `MIN_HEAD` it is not cached, and nothing is copied."""
+    made = job(engine.service, "what is it?", 3)
+    engine.start(made)
+    assert made.emit.answer().cached_prompt_tokens == 0

@@ -76,6 +76,11 @@ class PrefixCache:
         """Prompt positions served from the cache (0 until the first query)."""
         return 0 if self._prefix is None else self._prefix["input_ids"].shape[1]
 
+    @property
+    def expected_length(self) -> int:
+        """Positions the demo prefix takes encoded on its own: what the cache will hold for a query that shares it."""
+        return self._expected.shape[1]
+
     @torch.no_grad()
     def generate(self, image, text: str, max_new_tokens: int = 32, **kwargs) -> str:
         """Answer one query after the cached demos: same result as `aim.generate(image, text, demos, mode)`."""

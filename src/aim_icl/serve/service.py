@@ -37,6 +37,7 @@ from aim_icl.serve.tasks import ServedTask, TaskRegistry, TaskSpec
 logger = logging.getLogger(__name__)
 
 RECENT_DEMOS = 512  # stored demos whose states the service keeps in memory (the bank reads the others again)
+MIN_HEAD = 8  # a chat template head shorter than this is read about as fast as it is copied: not cached
 
 
 @dataclass
@@ -364,12 +365,14 @@ class ModelService:
         """The prefix every chat prompt starts with: the chat template's head (a system prompt and the user turn's
         opening), read once and copied into each joining row, as task queries copy their demos. One per set of
         per-token inputs (ids alone, or with fused embeddings: the cached positions compare key by key); None where
-        the mode is not prefix-cached (`icl`) or the family puts the query image first."""
+        the mode is not prefix-cached (`icl`), the family puts the query image first, or the head is under
+        `MIN_HEAD` tokens."""
         if not mode_of(mode).prefix_cached or self.aim.backbone.family.images_first:
             return None
         kind = tuple(sorted(k for k in inputs if is_per_token(inputs, k)))
         if kind not in self._heads:
-            self._heads[kind] = self._prefix_cache([], "zero")
+            head = self._prefix_cache([], "zero")
+            self._heads[kind] = head if head is not None and head.expected_length >= MIN_HEAD else None
         return self._heads[kind]
 
     def _prefix_cache(self, demos: list, mode: str):
