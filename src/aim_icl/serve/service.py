@@ -119,12 +119,10 @@ class ModelService:
             persistent=task_file is not None and not temporary_bank,
         )
         self._banks = _Banks(bank_path, bank_over)
-        self._recent: dict[
-            str, Any
-        ] = {}  # key -> stored states of demos chats sent lately (engine thread only)
-        self._heads: dict[
-            str, Any
-        ] = {}  # mode -> what every chat of that mode starts with, cached (engine thread)
+        # on the engine thread only: stored states (and fused tokens) of demos chats sent lately, and the cached
+        # template head of each kind of chat prompt inputs (`_chat_head`)
+        self._recent: dict[str, Any] = {}
+        self._heads: dict[tuple, Any] = {}
 
     def with_config(self, config: ServerConfig) -> ModelService:
         """The same service (model, bank, tasks, counters) under another config."""
