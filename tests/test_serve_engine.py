@@ -220,7 +220,7 @@ def test_choices_seeds_stop_strings_and_limits_per_row(engine):
         plain.choices[0].finish_reason
     ]
     started = next(e for e in greedy.emit.events if isinstance(e, Started))
-    assert started.prompt.tokens == plain.prompt_tokens > 0
+    assert started.prompt.tokens == plain.prompt.tokens > 0
 
 
 def test_the_queue_is_bounded_and_a_bad_prompt_fails_alone(engine):
@@ -338,7 +338,7 @@ def test_task_queries_join_together_after_their_cached_prefix(engine):
         hook.remove()
     assert len(forwards) == 1 + 1 + 5  # the prefix read once, the three queries' own tokens at once, 5 steps
     for seed, answer in enumerate(answers):
-        assert answer.cached_prompt_tokens > 0
+        assert answer.prompt.cached_tokens > 0
         assert answer.text == aim.generate(
             tiny_image(10 + seed), "what is it?", task.demos, "aim", max_new_tokens=6
         )
@@ -370,9 +370,9 @@ def test_chats_share_the_template_head_read_once_and_answer_as_alone(family, mon
             ]
             for answer in answers:
                 if aim.backbone.family.images_first:
-                    assert answer.cached_prompt_tokens == 0
+                    assert answer.prompt.cached_tokens == 0
                 else:
-                    assert 0 < answer.cached_prompt_tokens < answer.prompt.tokens, mode
+                    assert 0 < answer.prompt.cached_tokens < answer.prompt.tokens, mode
             assert answers[0].text == answers[1].text  # the head read with the prompt, then copied: the same
             if mode != "aim":  # (aim's demos come from the bank, stored as float16: not `generate`'s states)
                 for answer, text in zip(answers[1:], ("what is it?", "describe the picture")):
@@ -385,4 +385,4 @@ def test_a_head_too_short_to_pay_is_read_with_the_prompt(engine):
     """llava's tiny template head is 3 tokens: under `MIN_HEAD` it is not cached, and nothing is copied."""
     made = job(engine.service, "what is it?", 3)
     engine.start(made)
-    assert made.emit.answer().cached_prompt_tokens == 0
+    assert made.emit.answer().prompt.cached_tokens == 0

@@ -39,7 +39,7 @@ class Finished:
 
 @dataclass
 class Answer:
-    """A request's answer: its choices (`serve.choices.ChoiceText`) and what its prompt cost."""
+    """A request's answer: its choices (`serve.choices.ChoiceText`) and what its prompt cost (`prompt`)."""
 
     choices: list
     prompt: PromptInfo
@@ -51,30 +51,6 @@ class Answer:
     @property
     def completion_tokens(self) -> int:
         return sum(c.tokens for c in self.choices)
-
-    @property
-    def mode(self) -> str:
-        return self.prompt.mode
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.prompt.tokens
-
-    @property
-    def demos(self) -> int:
-        return self.prompt.demos
-
-    @property
-    def bank_hits(self) -> int:
-        return self.prompt.bank_hits
-
-    @property
-    def cached_prompt_tokens(self) -> int:
-        return self.prompt.cached_tokens
-
-    @property
-    def demo_keys(self) -> list[str]:
-        return self.prompt.demo_keys
 
 
 @dataclass(frozen=True)

@@ -128,10 +128,10 @@ async def predict(name: str, body: PredictRequest, request: Request) -> Predicti
     return Prediction(
         task=name,
         answer=answer.text,
-        mode=answer.mode,
+        mode=answer.prompt.mode,
         usage=_usage(answer),
         aim=_info(answer),
-        demo_keys=answer.demo_keys,
+        demo_keys=answer.prompt.demo_keys,
     )
 
 
@@ -187,13 +187,12 @@ def _token_limit(requested: int, cap: int) -> int:
 
 
 def _usage(answer: Answer) -> Usage:
-    return Usage.of(answer.prompt_tokens, answer.completion_tokens)
+    return Usage.of(answer.prompt.tokens, answer.completion_tokens)
 
 
 def _info(answer: Answer) -> AIMInfo:
-    return AIMInfo(
-        demos=answer.demos, bank_hits=answer.bank_hits, cached_prompt_tokens=answer.cached_prompt_tokens
-    )
+    prompt = answer.prompt
+    return AIMInfo(demos=prompt.demos, bank_hits=prompt.bank_hits, cached_prompt_tokens=prompt.cached_tokens)
 
 
 def _completion(answer: Answer, model: str) -> ChatCompletion:
@@ -207,7 +206,7 @@ def _completion(answer: Answer, model: str) -> ChatCompletion:
         model=model,
         choices=choices,
         usage=_usage(answer),
-        aim_mode=answer.mode,
+        aim_mode=answer.prompt.mode,
         aim=_info(answer),
     )
 

@@ -117,7 +117,7 @@ async def _chunks(
             yield _error(f"generation failed: {err}", 500)
             return
     if usage:
-        counts = Usage.of(answer.prompt_tokens, answer.completion_tokens).model_dump()
+        counts = Usage.of(answer.prompt.tokens, answer.completion_tokens).model_dump()
         yield _data({**header, "choices": [], "usage": counts})
     yield "data: [DONE]\n\n"
 
