@@ -201,10 +201,9 @@ def test_streamed_text_is_sent_as_it_is_generated(world):
         hook.remove()
         engine.close()
     pieces = [(e.piece, at) for e, at in events if isinstance(e, Text)]
-    read = next(at for e, at in events if isinstance(e, Started))  # the chat head (read once) and the prompt
-    assert (
-        read <= 2 and len(pieces) > 1 and pieces[0][1] == read
-    )  # the first piece left with the prompt's pass
+    read = next(at for e, at in events if isinstance(e, Started))  # forwards until the prompt was read
+    assert read == 1  # one pass: the world model's 1-token template head is read with the prompt, not cached
+    assert len(pieces) > 1 and pieces[0][1] == read  # the first piece left with the prompt's pass
     assert pieces[-1][1] == len(forwards) == read + 5  # then one pass per token
     answer = events[-1][0].answer
     assert "".join(p for p, _ in pieces) == answer.text == "a small white ring on the"
